@@ -1,0 +1,354 @@
+"""Settings: frozen dataclasses per concern, read from config.toml and the environment.
+
+Every default lives here and in config.toml. Loading is strict: an unknown
+section or key, or a value of the wrong type, raises ConfigError naming it, so
+a typo never silently falls back to a default.
+
+Environment overrides use ``CSVCOMPRESS_<SECTION>_<KEY>`` (for example
+``CSVCOMPRESS_SERVER_PORT=9000``); their values are parsed as TOML values, with a
+bare word taken as a string.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+CONFIG_ENV = "CSVCOMPRESS_CONFIG"
+ENV_PREFIX = "CSVCOMPRESS_"
+DEFAULT_CONFIG_PATH = Path("config.toml")
+
+MIB = 1024 * 1024
+
+
+def _cpu_count() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Base of every absolute URL the service hands out; empty means http://host:port.
+    public_url: str = ""
+    # When set, upload and status need "Authorization: Bearer <api_key>".
+    api_key: str = ""
+
+    def validate(self) -> None:
+        _check(0 <= self.port <= 65535, "server.port", "must be between 0 and 65535")
+        if self.public_url:
+            _check(
+                self.public_url.startswith(("http://", "https://")),
+                "server.public_url",
+                "must start with http:// or https://",
+            )
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    path: str = "data/csvcompress.sqlite3"
+
+
+@dataclass(frozen=True)
+class CloudinarySettings:
+    cloud_name: str = ""
+    api_key: str = ""
+    api_secret: str = ""
+    folder: str = "csvcompress"
+    # Where the upload API lives; tests point it at a local fake.
+    upload_prefix: str = ""
+    concurrency: int = 8
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    backend: str = "local"
+    # Local backend: where output images and CSVs are kept and served from.
+    dir: str = "data/storage"
+    cloudinary: CloudinarySettings = field(default_factory=CloudinarySettings)
+
+    def validate(self) -> None:
+        _check(
+            self.backend in ("local", "cloudinary", "null"),
+            "storage.backend",
+            'must be "local", "cloudinary" or "null"',
+        )
+
+
+OUTPUT_FORMATS = ("keep", "jpeg", "webp", "avif", "png")
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    quality: int = 50
+    # "keep" keeps each image's format where we can encode it; otherwise one for all.
+    format: str = "keep"
+    # width x height x frames above which an image is refused before decoding.
+    max_pixels: int = 100_000_000
+    max_frames: int = 500
+    # 1.0 keeps dimensions; 0.5 halves width and height.
+    scale: float = 1.0
+    # JPEG encoder effort: optimised Huffman tables cost little and save bytes.
+    optimize_coding: bool = True
+
+    def validate(self) -> None:
+        _check(1 <= self.quality <= 100, "images.quality", "must be between 1 and 100")
+        _check(self.format in OUTPUT_FORMATS, "images.format", f"must be one of {OUTPUT_FORMATS}")
+        _check(self.max_pixels > 0, "images.max_pixels", "must be positive")
+        _check(self.max_frames > 0, "images.max_frames", "must be positive")
+        _check(0 < self.scale <= 1.0, "images.scale", "must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    # Whole download, connect and between-bytes timeouts, in seconds.
+    timeout: float = 60.0
+    connect_timeout: float = 10.0
+    read_timeout: float = 20.0
+    max_bytes: int = 50 * MIB
+    max_redirects: int = 5
+    # Downloads in flight at once, across all requests.
+    concurrency: int = 16
+    # Tries per image for connection errors, 5xx and 429.
+    attempts: int = 3
+    # First back-off wait in seconds; doubles each try.
+    backoff: float = 0.5
+    user_agent: str = "csvcompress/0.1 (+image recompression service)"
+    # CIDRs exempt from the network guard (e.g. "10.0.0.0/8" for a private origin).
+    allowed_networks: tuple[str, ...] = ()
+    # When non-empty, only these host names may be fetched.
+    allowed_hosts: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        for name in ("timeout", "connect_timeout", "read_timeout"):
+            _check(getattr(self, name) > 0, f"fetch.{name}", "must be positive")
+        _check(self.max_bytes > 0, "fetch.max_bytes", "must be positive")
+        _check(self.max_redirects >= 0, "fetch.max_redirects", "must be 0 or more")
+        _check(self.concurrency >= 1, "fetch.concurrency", "must be at least 1")
+        _check(self.attempts >= 1, "fetch.attempts", "must be at least 1")
+        _check(self.backoff >= 0, "fetch.backoff", "must be 0 or more")
+        for cidr in self.allowed_networks:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"fetch.allowed_networks: {cidr!r} is not a network (CIDR)"
+                ) from None
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    max_upload_bytes: int = 64 * MIB
+    max_rows: int = 250_000
+    max_images: int = 1_000_000
+    # How many problems a refused CSV lists at most.
+    max_problems: int = 50
+
+    def validate(self) -> None:
+        for name in ("max_upload_bytes", "max_rows", "max_images", "max_problems"):
+            _check(getattr(self, name) > 0, f"limits.{name}", "must be positive")
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    # A whsec_... secret; empty means one is generated and kept in the data directory.
+    secret: str = ""
+    timeout: float = 15.0
+    # Seconds to wait before each attempt: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+    retry_schedule: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
+
+    def validate(self) -> None:
+        _check(self.timeout > 0, "webhook.timeout", "must be positive")
+        _check(len(self.retry_schedule) >= 1, "webhook.retry_schedule", "needs at least 1 entry")
+        _check(
+            all(s >= 0 for s in self.retry_schedule),
+            "webhook.retry_schedule",
+            "entries must be 0 or more",
+        )
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    # Threads recompressing images; 0 means one per core.
+    threads: int = 0
+    # Seconds in-flight images may take to finish on SIGTERM.
+    shutdown_grace: float = 30.0
+
+    def validate(self) -> None:
+        _check(self.threads >= 0, "workers.threads", "must be 0 or more")
+        _check(self.shutdown_grace >= 0, "workers.shutdown_grace", "must be 0 or more")
+
+    @property
+    def thread_count(self) -> int:
+        return self.threads or _cpu_count()
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: str = "info"
+    format: str = "text"
+
+    def validate(self) -> None:
+        _check(
+            self.level in ("debug", "info", "warning", "error"),
+            "log.level",
+            "must be debug, info, warning or error",
+        )
+        _check(self.format in ("text", "json"), "log.format", 'must be "text" or "json"')
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    images: ImageSettings = field(default_factory=ImageSettings)
+    fetch: FetchSettings = field(default_factory=FetchSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    webhook: WebhookSettings = field(default_factory=WebhookSettings)
+    workers: WorkerSettings = field(default_factory=WorkerSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+
+    def validate(self) -> Settings:
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            check = getattr(section, "validate", None)
+            if check is not None:
+                check()
+        return self
+
+    @property
+    def data_dir(self) -> Path:
+        """Directory holding the database, uploads and generated secrets."""
+        return Path(self.database.path).parent
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+# --- loading ------------------------------------------------------------------
+
+
+def load_settings(
+    path: str | Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read settings from a TOML file (if present) and the environment, then validate.
+
+    `path` wins over $CSVCOMPRESS_CONFIG, which wins over ./config.toml. A path
+    named explicitly must exist; the default one may be absent.
+    """
+    env = os.environ if environ is None else environ
+    explicit = path if path is not None else env.get(CONFIG_ENV)
+    config_path = Path(explicit) if explicit else DEFAULT_CONFIG_PATH
+    raw: dict[str, Any] = {}
+    if config_path.exists():
+        try:
+            raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{config_path}: not valid TOML: {exc}") from None
+    elif explicit:
+        raise ConfigError(f"config file {config_path} does not exist")
+    _apply_env(raw, env)
+    return settings_from_dict(raw)
+
+
+def settings_from_dict(raw: Mapping[str, Any]) -> Settings:
+    """Build validated Settings from a nested mapping shaped like config.toml."""
+    settings = _build(Settings, raw, "")
+    assert isinstance(settings, Settings)
+    return settings.validate()
+
+
+def replace_settings(settings: Settings, **sections: Mapping[str, Any]) -> Settings:
+    """A copy of `settings` with some keys changed, e.g. images={"quality": 80}."""
+    changed = {}
+    for name, values in sections.items():
+        section = getattr(settings, name)
+        changed[name] = dataclasses.replace(section, **values)
+    return dataclasses.replace(settings, **changed).validate()
+
+
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    sections = {f.name: f for f in dataclasses.fields(Settings)}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        section, _, key = rest.partition("_")
+        if section not in sections or not key:
+            continue
+        raw.setdefault(section, {})[key] = _parse_env_value(value)
+
+
+def _parse_env_value(value: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return value
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    where = prefix or "config"
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: must be a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        names = ", ".join(f"{prefix}{'.' if prefix else ''}{k}" for k in unknown)
+        raise ConfigError(f"unknown setting: {names}")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        full = f"{prefix}.{key}" if prefix else key
+        values[key] = _coerce(hints[key], value, full)
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return _build(hint, value, key)
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: must be a list")
+        return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"{key}: unsupported setting type")  # pragma: no cover
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: must be true or false, not {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: must be a whole number, not {value!r}")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: must be a number, not {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: must be a string, not {value!r}")
+    raise ConfigError(f"{key}: unsupported setting type")  # pragma: no cover
