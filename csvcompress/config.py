@@ -17,7 +17,7 @@ import os
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -335,20 +335,23 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
     if origin in (typing.Union, types.UnionType):
         raise ConfigError(f"{key}: unsupported setting type")  # pragma: no cover
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: must be true or false, not {value!r}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: must be a whole number, not {value!r}")
-    if hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{key}: must be a number, not {value!r}")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key}: must be a string, not {value!r}")
-    raise ConfigError(f"{key}: unsupported setting type")  # pragma: no cover
+    scalar = _SCALARS.get(hint)
+    if scalar is None:
+        raise ConfigError(f"{key}: unsupported setting type")  # pragma: no cover
+    accepts, expected, convert = scalar
+    if not accepts(value):
+        raise ConfigError(f"{key}: must be {expected}, not {value!r}")
+    return convert(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# TOML type checks per Python type: (accepts, what to say when it does not, conversion).
+_SCALARS: dict[Any, tuple[Callable[[Any], bool], str, Callable[[Any], Any]]] = {
+    bool: (lambda v: isinstance(v, bool), "true or false", bool),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number", int),
+    float: (_is_number, "a number", float),
+    str: (lambda v: isinstance(v, str), "a string", str),
+}

@@ -1,0 +1,84 @@
+"""create_app(settings): wires the database, storage, HTTP client, CPU pool and workers."""
+
+from __future__ import annotations
+
+import logging
+import mimetypes
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from . import imaging
+from .config import Settings
+from .db import Database
+from .fetcher import Fetcher
+from .jobs import JobQueue, Processor
+from .netguard import NetGuard, create_session
+from .storage import Storage, create_storage
+from .webhooks import WebhookSender
+
+log = logging.getLogger(__name__)
+
+# Python's table predates these; without them /files/ would serve application/octet-stream.
+mimetypes.add_type("image/webp", ".webp")
+mimetypes.add_type("image/avif", ".avif")
+
+
+@dataclass
+class Service:
+    """Everything a handler may need, created on start-up and closed on clean-up."""
+
+    settings: Settings
+    db: Database
+    storage: Storage
+    guard: NetGuard
+    session: aiohttp.ClientSession
+    pool: ThreadPoolExecutor
+    queue: JobQueue
+    webhooks: WebhookSender
+
+
+SETTINGS = web.AppKey("settings", Settings)
+SERVICE = web.AppKey("service", Service)
+
+
+async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    imaging.configure(concurrency=1)
+    database = Database(settings.database.path)
+    await database.open()
+    storage = create_storage(settings)
+    await storage.start()
+    guard = NetGuard(settings.fetch)
+    session = create_session(settings.fetch, guard)
+    pool = ThreadPoolExecutor(settings.workers.thread_count, thread_name_prefix="vips")
+    webhooks = WebhookSender(settings, database, session)
+    processor = Processor(settings, Fetcher(settings.fetch, session), storage, pool)
+    queue = JobQueue(settings, database, processor, on_finished=webhooks.request_finished)
+    service = Service(settings, database, storage, guard, session, pool, queue, webhooks)
+    app[SERVICE] = service
+    await webhooks.start()
+    await queue.start()
+    log.info("csvcompress ready on %s", settings.server.base_url)
+    try:
+        yield
+    finally:
+        await queue.stop()
+        await webhooks.close()
+        pool.shutdown(wait=True, cancel_futures=True)
+        await session.close()
+        await storage.close()
+        await database.close()
+
+
+def create_app(settings: Settings) -> web.Application:
+    from .web import setup_routes  # the routes need SERVICE, defined above
+
+    app = web.Application(middlewares=[], client_max_size=1024 * 1024)
+    app[SETTINGS] = settings
+    setup_routes(app, settings)
+    app.cleanup_ctx.append(_service_ctx)
+    return app

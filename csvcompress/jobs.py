@@ -1,0 +1,285 @@
+"""The queue and the workers: the only place a request's status changes.
+
+Work is handed out round-robin across the requests that have pending images,
+so a one-image request submitted behind a 10,000-image one waits for one free
+worker, not for the big one. Pending images live in SQLite and are read in
+small batches per request, so memory does not grow with a request's size and a
+restart simply picks up whatever is still pending.
+
+Each worker takes one image through fetch -> recompress (in the CPU pool) ->
+store -> record. There are more workers than CPU threads so downloads run
+ahead of compression and the pool is never idle waiting for the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import operator
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import csv_input, db, imaging
+from .config import LimitSettings, Settings
+from .csv_input import ImageOutcome
+from .db import Database
+from .errors import CsvCompressError, StorageError
+from .fetcher import Fetcher
+from .models import ImageJob, ImageResult, RequestStatus
+from .storage import Storage
+
+log = logging.getLogger(__name__)
+
+# How many pending images are read from the database per request at a time.
+BATCH_SIZE = 64
+# Tries for a storage write that failed in a way worth retrying.
+STORE_ATTEMPTS = 3
+
+FinishedCallback = Callable[[str], Awaitable[None]]
+
+
+@dataclass
+class _Active:
+    """A request with work left: a small buffer of its next jobs and a cursor into the table."""
+
+    request_id: str
+    buffer: deque[ImageJob] = field(default_factory=deque)
+    after_id: int = 0
+    exhausted: bool = False
+    in_flight: int = 0
+    loading: bool = False
+    started: bool = False
+
+
+class Scheduler:
+    """Hands out jobs fairly across requests and notices when a request is done."""
+
+    def __init__(self, database: Database, on_drained: Callable[[str], None]) -> None:
+        self._db = database
+        self._on_drained = on_drained
+        self._active: OrderedDict[str, _Active] = OrderedDict()
+        self._wakeup = asyncio.Condition()
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._active)
+
+    async def add(self, request_id: str) -> None:
+        async with self._wakeup:
+            if request_id not in self._active:
+                self._active[request_id] = _Active(request_id)
+            self._wakeup.notify_all()
+
+    async def close(self) -> None:
+        async with self._wakeup:
+            self._closed = True
+            self._wakeup.notify_all()
+
+    async def next_job(self) -> ImageJob | None:
+        """The next job, round-robin over requests; None once the scheduler is closed."""
+        while True:
+            async with self._wakeup:
+                if self._closed:
+                    return None
+                job = await self._take()
+                if job is not None:
+                    return job
+                await self._wakeup.wait()
+
+    async def _take(self) -> ImageJob | None:
+        for request_id in list(self._active):
+            entry = self._active.get(request_id)
+            if entry is None:
+                continue
+            if not entry.buffer and not entry.exhausted and not entry.loading:
+                await self._refill(entry)
+            if entry.buffer:
+                # Rotate: this request goes to the back of the line.
+                self._active.move_to_end(request_id)
+                entry.in_flight += 1
+                if not entry.started:
+                    entry.started = True
+                    await self._db.mark_processing(request_id)
+                return entry.buffer.popleft()
+            self._maybe_drained(entry)
+        return None
+
+    async def _refill(self, entry: _Active) -> None:
+        entry.loading = True
+        try:
+            jobs = await self._db.pending_jobs(entry.request_id, entry.after_id, BATCH_SIZE)
+        finally:
+            entry.loading = False
+        entry.buffer.extend(jobs)
+        if jobs:
+            entry.after_id = jobs[-1].id
+        if len(jobs) < BATCH_SIZE:
+            entry.exhausted = True
+
+    async def done(self, job: ImageJob) -> None:
+        async with self._wakeup:
+            entry = self._active.get(job.request_id)
+            if entry is None:
+                return
+            entry.in_flight -= 1
+            self._maybe_drained(entry)
+            self._wakeup.notify_all()
+
+    def _maybe_drained(self, entry: _Active) -> None:
+        if entry.exhausted and not entry.buffer and entry.in_flight == 0:
+            del self._active[entry.request_id]
+            self._on_drained(entry.request_id)
+
+
+class Processor:
+    """Fetches, recompresses and stores one image; every failure becomes an ImageResult."""
+
+    def __init__(
+        self, settings: Settings, fetcher: Fetcher, storage: Storage, pool: ThreadPoolExecutor
+    ) -> None:
+        self._settings = settings
+        self._fetcher = fetcher
+        self._storage = storage
+        self._pool = pool
+
+    async def process(self, job: ImageJob) -> ImageResult:
+        try:
+            fetched = await self._fetcher.fetch(job.url)
+            loop = asyncio.get_running_loop()
+            out = await loop.run_in_executor(
+                self._pool, imaging.recompress, fetched.data, self._settings.images
+            )
+            key = f"{job.request_id}/{job.row + 1}-{job.position + 1}{out.extension}"
+            url = await self._store(key, out.data, out.content_type)
+        except CsvCompressError as exc:
+            return ImageResult(output_url=None, error=exc.message, error_code=exc.code)
+        return ImageResult(
+            output_url=url, error=None, bytes_in=len(fetched.data), bytes_out=len(out.data)
+        )
+
+    async def _store(self, key: str, data: bytes, content_type: str) -> str:
+        for attempt in range(1, STORE_ATTEMPTS + 1):
+            try:
+                return await self._storage.put(key, data, content_type)
+            except StorageError as exc:
+                if not exc.retryable or attempt == STORE_ATTEMPTS:
+                    raise
+                await asyncio.sleep(0.2 * 2**attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+class JobQueue:
+    """Owns the scheduler, the workers and the finishing of requests."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        database: Database,
+        processor: Processor,
+        on_finished: FinishedCallback | None = None,
+    ) -> None:
+        self._settings = settings
+        self._db = database
+        self._processor = processor
+        self._on_finished = on_finished
+        self._scheduler = Scheduler(database, self._drained)
+        self._workers: list[asyncio.Task[None]] = []
+        self._finishing: set[asyncio.Task[None]] = set()
+        self.outputs_dir = settings.data_dir / "outputs"
+
+    @property
+    def worker_count(self) -> int:
+        return self._settings.fetch.concurrency + self._settings.workers.thread_count
+
+    async def start(self) -> None:
+        self.outputs_dir.mkdir(parents=True, exist_ok=True)
+        for n in range(self.worker_count):
+            self._workers.append(asyncio.create_task(self._work(), name=f"worker-{n}"))
+        resumed = await self._db.unfinished_request_ids()
+        for request_id in resumed:
+            await self._scheduler.add(request_id)
+        if resumed:
+            log.info("resuming %d unfinished request(s)", len(resumed))
+
+    async def submit(self, request_id: str) -> None:
+        await self._scheduler.add(request_id)
+
+    async def stop(self) -> None:
+        await self._scheduler.close()
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers.clear()
+        if self._finishing:
+            await asyncio.gather(*self._finishing, return_exceptions=True)
+
+    async def _work(self) -> None:
+        while (job := await self._scheduler.next_job()) is not None:
+            try:
+                result = await self._processor.process(job)
+                if result.error:
+                    log.info("image failed", extra={"request_id": job.request_id, "url": job.url})
+                await self._db.record_image(job, result)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A bug must not kill the worker; the image stays pending for the next start.
+                log.exception("worker error on image %d", job.id)
+            finally:
+                await self._scheduler.done(job)
+
+    def _drained(self, request_id: str) -> None:
+        task = asyncio.create_task(self._finish(request_id), name=f"finish-{request_id}")
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+
+    async def _finish(self, request_id: str) -> None:
+        """Write the output CSV, then mark the request finished, then notify."""
+        counts = await self._db.get_counts(request_id)
+        if counts.pending:
+            # Images left pending by an internal error: leave them for the next start.
+            log.error("request %s drained with %d images pending", request_id, counts.pending)
+            return
+        output = self.outputs_dir / f"{request_id}.csv"
+        try:
+            await asyncio.to_thread(
+                write_output_csv, self._db.path, request_id, output, self._settings.limits
+            )
+        except (OSError, CsvCompressError) as exc:
+            reason = getattr(exc, "message", None) or str(exc)
+            log.error("request %s failed: could not write the output CSV: %s", request_id, reason)
+            await self._db.finish_request(
+                request_id, RequestStatus.FAILED, error=f"could not write the output CSV: {reason}"
+            )
+        else:
+            await self._db.finish_request(
+                request_id, RequestStatus.COMPLETE, output_file_path=str(output)
+            )
+            log.info("request %s complete", request_id)
+        if self._on_finished is not None:
+            with contextlib.suppress(Exception):
+                await self._on_finished(request_id)
+
+
+def write_output_csv(db_path: Path, request_id: str, output: Path, limits: LimitSettings) -> None:
+    """Stream the input CSV and the recorded outcomes into the output CSV (runs in a thread)."""
+    with closing(db.connect_sync(db_path)) as conn:
+        input_path = db.input_path_sync(conn, request_id)
+        if input_path is None:
+            raise FileNotFoundError(f"request {request_id} has no input")
+        summary = csv_input.validate(Path(input_path), limits)
+        outcomes = _group_by_row(db.iter_image_outcomes_sync(conn, request_id))
+        csv_input.write_output(Path(input_path), output, summary, outcomes)
+
+
+def _group_by_row(
+    rows: Iterable[tuple[int, int, str | None, str | None]],
+) -> Iterator[tuple[int, list[ImageOutcome]]]:
+    for row, group in itertools.groupby(rows, key=operator.itemgetter(0)):
+        yield row, [ImageOutcome(position, url, error) for _, position, url, error in group]

@@ -1,0 +1,105 @@
+"""States and records shared by the database, the workers and the API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class RequestStatus(StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETE = "complete"
+    FAILED = "failed"
+
+    @property
+    def finished(self) -> bool:
+        return self in (RequestStatus.COMPLETE, RequestStatus.FAILED)
+
+
+class ImageStatus(StrEnum):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def final(self) -> bool:
+        return self is not ImageStatus.PENDING
+
+
+class DeliveryState(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ImageCounts:
+    total: int = 0
+    succeeded: int = 0
+    failed: int = 0
+
+    @property
+    def pending(self) -> int:
+        return self.total - self.succeeded - self.failed
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "total": self.total,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "pending": self.pending,
+        }
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    id: str
+    status: RequestStatus
+    webhook_url: str | None
+    output_file_path: str | None
+    error: str | None
+    rows: int
+    created_at: str
+    updated_at: str
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One distinct URL of a request: the unit of work the workers take."""
+
+    id: int
+    request_id: str
+    row: int
+    position: int
+    url: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """What processing one image produced; exactly one of output_url and error is set."""
+
+    output_url: str | None
+    error: str | None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    error_code: str | None = None
+
+    @property
+    def status(self) -> ImageStatus:
+        return ImageStatus.SUCCEEDED if self.output_url is not None else ImageStatus.FAILED
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    id: str
+    request_id: str
+    url: str
+    state: DeliveryState
+    attempts: int
+    next_attempt_at: float | None
+    last_status: int | None
+    last_error: str | None

@@ -1,0 +1,27 @@
+"""The storage interface every backend implements."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Storage(Protocol):
+    """Keeps output images under a key and says where the public can fetch them."""
+
+    name: str
+
+    async def start(self) -> None:
+        """Check settings and open what the backend needs; raise ConfigError if unusable."""
+
+    async def put(self, key: str, data: bytes, content_type: str) -> str:
+        """Store `data` under `key` (overwriting: a retried put is harmless); return its URL."""
+        ...
+
+    async def delete_prefix(self, prefix: str) -> None:
+        """Remove every object whose key starts with `prefix` (a request's images)."""
+
+    async def check(self) -> None:
+        """Raise StorageError if the backend cannot take writes now (health checks)."""
+
+    async def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,70 @@
+"""Local disk, served by the service itself under /files/."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import uuid
+from pathlib import Path, PurePosixPath
+
+import aiofiles
+import aiofiles.os
+
+from ..errors import StorageError
+
+
+class LocalStorage:
+    name = "local"
+
+    def __init__(self, root: str | Path, base_url: str) -> None:
+        self.root = Path(root)
+        self.base_url = base_url.rstrip("/")
+
+    async def start(self) -> None:
+        await aiofiles.os.makedirs(self.root, exist_ok=True)
+
+    def path_for(self, key: str) -> Path:
+        parts = PurePosixPath(key).parts
+        # Keys are made by the service, but a key must never climb out of the root.
+        if not parts or any(p in ("..", "/") or p.startswith(".") for p in parts):
+            raise StorageError(f"invalid storage key: {key!r}")
+        return self.root.joinpath(*parts)
+
+    async def put(self, key: str, data: bytes, content_type: str) -> str:
+        path = self.path_for(key)
+        # Written under a temporary name and renamed: a crash never leaves half a file.
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            await aiofiles.os.makedirs(path.parent, exist_ok=True)
+            async with aiofiles.open(tmp, "wb") as f:
+                await f.write(data)
+            await aiofiles.os.replace(tmp, path)
+        except OSError as exc:
+            await asyncio.to_thread(_unlink_quietly, tmp)
+            raise StorageError(f"could not write {key}: {exc.strerror or exc}") from exc
+        return f"{self.base_url}/{key}"
+
+    async def delete_prefix(self, prefix: str) -> None:
+        target = self.path_for(prefix.rstrip("/"))
+        await asyncio.to_thread(shutil.rmtree, target, True)
+
+    async def check(self) -> None:
+        probe = self.root / f".health.{uuid.uuid4().hex}"
+        try:
+            await aiofiles.os.makedirs(self.root, exist_ok=True)
+            async with aiofiles.open(probe, "wb") as f:
+                await f.write(b"ok")
+            await aiofiles.os.remove(probe)
+        except OSError as exc:
+            raise StorageError(f"storage directory is not writable: {exc.strerror or exc}") from exc
+
+    async def close(self) -> None:
+        return None
+
+
+def _unlink_quietly(path: Path) -> None:
+    # Cleanup after a failed write: whatever stopped the write may stop this too.
+    with contextlib.suppress(OSError):
+        os.unlink(path)

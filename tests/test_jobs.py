@@ -1,0 +1,172 @@
+"""The queue and workers: fairness, de-duplication, and surviving a kill."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pyvips
+
+from tests import images
+from tests.conftest import Origin, ServiceFactory, csv_bytes, free_port
+
+
+async def test_small_request_is_not_starved_by_a_large_one(
+    create_service: ServiceFactory, origin: Origin
+) -> None:
+    service = await create_service(fetch={"concurrency": 2}, workers={"threads": 1})
+    origin.delay = 0.05
+    big_rows = []
+    for n in range(150):
+        url = origin.add(f"big/{n}.jpg", images.photo_jpeg(16, 16, seed=n))
+        big_rows.append([str(n + 1), f"Item {n}", url])
+    small = origin.add("small.jpg", images.photo_jpeg(16, 16))
+
+    big_id = await service.submit(csv_bytes(big_rows))
+    await asyncio.sleep(0.2)
+    small_id = await service.submit(csv_bytes([["1", "Small", small]]))
+    small_doc = await service.wait(small_id, timeout=10)
+    big_doc = await service.status(big_id)
+
+    assert small_doc["status"] == "complete"
+    assert big_doc["status"] == "processing"
+    # 150 images at 3 workers and 50 ms each need 2.5 s; the small one took a single slot.
+    assert big_doc["images"]["pending"] > 100
+
+
+async def test_failed_images_do_not_stop_the_request(
+    create_service: ServiceFactory, origin: Origin
+) -> None:
+    service = await create_service()
+    good = origin.add("good.jpg", images.photo_jpeg(40, 30))
+    html = origin.add("page.jpg", b"<!doctype html><html></html>", "image/jpeg")
+    empty = origin.add("empty.jpg", b"")
+
+    doc = await service.wait(
+        await service.submit(csv_bytes([["1", "A", f"{html}, {empty}, {good}"]]))
+    )
+
+    assert doc["status"] == "complete"
+    assert doc["images"] == {"total": 3, "succeeded": 1, "failed": 2, "pending": 0}
+    row = (await service.output_rows(doc))[0]
+    urls = row["Output Image Urls"].split(", ")
+    assert urls[0] == "" and urls[1] == "" and urls[2].endswith("/1-3.jpg")
+    assert row["Errors"].startswith("#1: ")
+    assert "#2: " in row["Errors"]
+
+
+def _write_config(tmp_path: Path, port: int) -> Path:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f"""
+[server]
+host = "127.0.0.1"
+port = {port}
+[database]
+path = "{tmp_path / "data" / "db.sqlite3"}"
+[storage]
+dir = "{tmp_path / "data" / "storage"}"
+[fetch]
+concurrency = 2
+allowed_networks = ["127.0.0.0/8"]
+[workers]
+threads = 1
+"""
+    )
+    return config
+
+
+async def _start(config: Path, base: str) -> subprocess.Popen[bytes]:
+    with open(config.with_suffix(".log"), "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "csvcompress", "--config", str(config), "serve"],
+            stdout=log,
+            stderr=log,
+        )
+    async with aiohttp.ClientSession() as client:
+        for _ in range(200):
+            try:
+                async with client.get(f"{base}/") as resp:
+                    if resp.status == 200:
+                        return proc
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    raise AssertionError(f"service did not start: {config.with_suffix('.log').read_text()}")
+
+
+def _succeeded_paths(db_path: Path) -> set[str]:
+    with sqlite3.connect(db_path) as conn:
+        rows = conn.execute("SELECT url FROM images WHERE status = 'succeeded'").fetchall()
+    return {url.rsplit("/", 1)[-1] for (url,) in rows}
+
+
+async def test_kill_and_restart_loses_nothing(tmp_path: Path, origin: Origin) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    config = _write_config(tmp_path, port)
+    origin.delay = 0.1
+    total = 40
+    rows = [
+        [str(n + 1), f"Item {n}", origin.add(f"{n}.jpg", images.photo_jpeg(48, 32, seed=n))]
+        for n in range(total)
+    ]
+    proc = await _start(config, base)
+    try:
+        async with aiohttp.ClientSession() as client:
+            form = aiohttp.FormData()
+            form.add_field("file", csv_bytes(rows), filename="p.csv")
+            async with client.post(f"{base}/upload", data=form) as resp:
+                request_id = (await resp.json())["request_id"]
+            while True:
+                async with client.get(f"{base}/status/{request_id}") as resp:
+                    done = (await resp.json())["images"]["succeeded"]
+                if done >= 8:
+                    break
+                await asyncio.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    finished_before = _succeeded_paths(tmp_path / "data" / "db.sqlite3")
+    assert 8 <= len(finished_before) < total
+    hits_before = dict(origin.hits)
+
+    proc = await _start(config, base)
+    try:
+        async with aiohttp.ClientSession() as client:
+            deadline = time.monotonic() + 30
+            while True:
+                async with client.get(f"{base}/status/{request_id}") as resp:
+                    doc = await resp.json()
+                if doc["status"] == "complete" or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.05)
+            assert doc["images"] == {"total": total, "succeeded": total, "failed": 0, "pending": 0}
+            async with client.get(doc["output_csv_url"]) as resp:
+                text = await resp.text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+
+    # Finished images were not fetched again after the restart.
+    for name in finished_before:
+        assert origin.hits[name] == hits_before[name] == 1, name
+    lines = text.strip().split("\r\n")
+    assert len(lines) == total + 1
+    storage = tmp_path / "data" / "storage" / request_id
+    stored = sorted(os.listdir(storage))
+    assert len(stored) == total
+    for name in stored:
+        image = pyvips.Image.new_from_file(str(storage / name))
+        assert (image.width, image.height) == (48, 32)
+    assert json.loads(json.dumps(doc))["output_csv_url"].endswith(f"{request_id}/output.csv")
