@@ -47,7 +47,7 @@ SERVICE = web.AppKey("service", Service)
 
 async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    imaging.configure(concurrency=1)
+    imaging.configure(concurrency=1, pixel_budget=settings.workers.pixel_budget)
     database = Database(settings.database.path)
     await database.open()
     storage = create_storage(settings)

@@ -196,9 +196,12 @@ class WorkerSettings:
     threads: int = 0
     # Seconds in-flight images may take to finish on SIGTERM.
     shutdown_grace: float = 30.0
+    # Pixels decoded at once across all threads (0: no cap); bounds memory, see budget.py.
+    pixel_budget: int = 25_000_000
 
     def validate(self) -> None:
         _check(self.threads >= 0, "workers.threads", "must be 0 or more")
+        _check(self.pixel_budget >= 0, "workers.pixel_budget", "must be 0 or more")
         _check(self.shutdown_grace >= 0, "workers.shutdown_grace", "must be 0 or more")
 
     @property

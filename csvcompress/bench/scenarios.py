@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 
 from .. import imaging
-from ..config import ImageSettings
+from ..config import ImageSettings, WorkerSettings
 from ..errors import ImageRejected
 from .corpus import Corpus, csv_bytes
 from .service import ServiceProcess, is_complete, status, upload, wait_until
@@ -61,7 +61,8 @@ def raw(corpus: Corpus, count: int, settings: ImageSettings, threads: int) -> Th
     """imaging.recompress from memory in `threads` threads: what the service does per image
     (sniff, header, limits, decode, rotate, colour, encode), without I/O or bookkeeping."""
     payloads = corpus.payloads(count)
-    imaging.configure(concurrency=1)  # as the service does: the pool gives one image per core
+    # As the service does: the pool gives one image per core, under the same pixel budget.
+    imaging.configure(concurrency=1, pixel_budget=WorkerSettings().pixel_budget)
     with ThreadPoolExecutor(threads) as pool:
         started = time.perf_counter()
         sizes = list(pool.map(_recompress_size, payloads, repeat(settings)))

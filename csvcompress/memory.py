@@ -1,0 +1,57 @@
+"""Keep glibc from hoarding the big buffers libvips frees.
+
+Measured on 1,000 images of up to 24 megapixels, two pool threads, with the
+pixel budget: peak RSS 448 MB with glibc's defaults, under 270 MB with both
+measures below. Memory freed by one pool thread sits in that thread's arena,
+where the next image, on the other thread, cannot use it; so the process
+keeps both.
+
+- Buffers of 16 MiB and more (a 12-megapixel image's JPEG coefficients and
+  up) are mapped and unmapped, so they go back to the system when freed.
+  glibc does this by default only until the first such free, after which its
+  threshold rises to 32 MiB. A lower threshold (128 KiB to 4 MiB) cost 25-40%
+  more CPU per 3-megapixel image, whose buffers would then be mapped and
+  zeroed anew every time; 16 MiB cost nothing measurable.
+- After an image of TRIM_AFTER_PIXELS or more, the free memory left inside
+  the arenas is handed back (malloc_trim): about 5% more CPU on those images,
+  none on ordinary ones.
+
+Elsewhere than glibc (musl, macOS) both are skipped.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
+MMAP_THRESHOLD_BYTES = 16 * 1024 * 1024
+TRIM_AFTER_PIXELS = 8_000_000
+
+
+def _libc_function(name: str) -> Callable[..., int] | None:
+    try:
+        function: Callable[..., int] = getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
+        return None
+    return function
+
+
+_MALLOPT = _libc_function("mallopt")
+_MALLOC_TRIM = _libc_function("malloc_trim")
+
+
+def return_big_buffers() -> bool:
+    """Fix the mmap threshold; False where the C library has no mallopt (not glibc)."""
+    if _MALLOPT is None:
+        return False
+    return bool(_MALLOPT(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+
+
+def trim_after(pixels: int) -> None:
+    """Hand the arenas' free memory back to the system after a big image."""
+    if pixels >= TRIM_AFTER_PIXELS and _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
