@@ -274,39 +274,9 @@ class Database:
         """Store one image's result, for it and its repeats; returns how many images that was."""
         stamp = now_iso()
         async with self.transaction() as conn:
-            cur = await conn.execute(
-                "UPDATE images SET status = ?, output_url = ?, error = ?, error_code = ?, "
-                "bytes_in = ?, bytes_out = ?, attempts = attempts + 1, updated_at = ? "
-                "WHERE (id = ? OR source_id = ?) AND status = ?",
-                (
-                    result.status,
-                    result.output_url,
-                    result.error,
-                    result.error_code,
-                    result.bytes_in,
-                    result.bytes_out,
-                    stamp,
-                    job.id,
-                    job.id,
-                    ImageStatus.PENDING,
-                ),
-            )
+            cur = await conn.execute(_RECORD_IMAGE, _record_image_params(job, result, stamp))
             changed = cur.rowcount
-            ok = result.status is ImageStatus.SUCCEEDED
-            # Bytes are counted once per distinct image: repeats are not re-downloaded.
-            await conn.execute(
-                "UPDATE requests SET images_succeeded = images_succeeded + ?, "
-                "images_failed = images_failed + ?, bytes_in = bytes_in + ?, "
-                "bytes_out = bytes_out + ?, updated_at = ? WHERE requestId = ?",
-                (
-                    changed if ok else 0,
-                    0 if ok else changed,
-                    result.bytes_in if ok else 0,
-                    result.bytes_out if ok else 0,
-                    stamp,
-                    job.request_id,
-                ),
-            )
+            await conn.execute(_COUNT_RESULTS, _count_results_params(job, result, changed, stamp))
         return changed
 
     # --- webhook deliveries -----------------------------------------------------
@@ -374,7 +344,75 @@ class Database:
             )
 
 
+# --- recording results (shared by record_image and record_images_sync) -------------
+
+# One image's result, for it and its repeats, unless already recorded.
+_RECORD_IMAGE = (
+    "UPDATE images SET status = ?, output_url = ?, error = ?, error_code = ?, "
+    "bytes_in = ?, bytes_out = ?, attempts = attempts + 1, updated_at = ? "
+    "WHERE (id = ? OR source_id = ?) AND status = ?"
+)
+_COUNT_RESULTS = (
+    "UPDATE requests SET images_succeeded = images_succeeded + ?, "
+    "images_failed = images_failed + ?, bytes_in = bytes_in + ?, "
+    "bytes_out = bytes_out + ?, updated_at = ? WHERE requestId = ?"
+)
+
+
+def _record_image_params(job: ImageJob, result: ImageResult, stamp: str) -> tuple[Any, ...]:
+    return (
+        result.status,
+        result.output_url,
+        result.error,
+        result.error_code,
+        result.bytes_in,
+        result.bytes_out,
+        stamp,
+        job.id,
+        job.id,
+        ImageStatus.PENDING,
+    )
+
+
+def _count_results_params(
+    job: ImageJob, result: ImageResult, changed: int, stamp: str
+) -> tuple[Any, ...]:
+    ok = result.status is ImageStatus.SUCCEEDED
+    # Bytes are counted once per distinct image: repeats are not re-downloaded.
+    return (
+        changed if ok else 0,
+        0 if ok else changed,
+        result.bytes_in if ok else 0,
+        result.bytes_out if ok else 0,
+        stamp,
+        job.request_id,
+    )
+
+
 # --- work done in a thread -------------------------------------------------------
+
+
+def record_images_sync(
+    conn: sqlite3.Connection, results: Sequence[tuple[ImageJob, ImageResult]]
+) -> list[int]:
+    """record_image for many images in one transaction; how many images each one was.
+
+    One commit for a batch instead of one per image, on a connection of the
+    caller's (see recorder.py), so results do not queue with the reads.
+    """
+    stamp = now_iso()
+    changed: list[int] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for job, result in results:
+            count = conn.execute(_RECORD_IMAGE, _record_image_params(job, result, stamp)).rowcount
+            conn.execute(_COUNT_RESULTS, _count_results_params(job, result, count, stamp))
+            changed.append(count)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return changed
 
 
 def insert_request_sync(

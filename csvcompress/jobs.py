@@ -32,6 +32,7 @@ from .db import Database
 from .errors import CsvCompressError, StorageError
 from .fetcher import Fetcher
 from .models import ImageJob, ImageResult, RequestStatus
+from .recorder import ResultRecorder
 from .storage import Storage
 
 log = logging.getLogger(__name__)
@@ -189,6 +190,7 @@ class JobQueue:
         self._processor = processor
         self._on_finished = on_finished
         self._scheduler = Scheduler(database, self._drained)
+        self._recorder = ResultRecorder(database)
         self._workers: list[asyncio.Task[None]] = []
         self._finishing: set[asyncio.Task[None]] = set()
         self.outputs_dir = settings.data_dir / "outputs"
@@ -199,6 +201,7 @@ class JobQueue:
 
     async def start(self) -> None:
         self.outputs_dir.mkdir(parents=True, exist_ok=True)
+        await self._recorder.start()
         for n in range(self.worker_count):
             self._workers.append(asyncio.create_task(self._work(), name=f"worker-{n}"))
         resumed = await self._db.unfinished_request_ids()
@@ -216,6 +219,7 @@ class JobQueue:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers.clear()
+        await self._recorder.close()
         if self._finishing:
             await asyncio.gather(*self._finishing, return_exceptions=True)
 
@@ -225,7 +229,7 @@ class JobQueue:
                 result = await self._processor.process(job)
                 if result.error:
                     log.info("image failed", extra={"request_id": job.request_id, "url": job.url})
-                await self._db.record_image(job, result)
+                await self._recorder.record(job, result)
             except asyncio.CancelledError:
                 raise
             except Exception:
