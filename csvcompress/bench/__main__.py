@@ -18,7 +18,7 @@ from . import corpus as corpora
 from . import report as rep
 from . import scenarios
 from .report import Report
-from .scenarios import Throughput
+from .scenarios import Origin, Throughput
 
 SECTIONS = ("throughput", "memory", "upload", "latency")
 MB = 1024 * 1024
@@ -66,10 +66,12 @@ class Bench:
             extra = f", peak RSS {result.peak_rss_mb:.0f} MB"
         if result.startup_seconds is not None:
             self.startups.append(result.startup_seconds)
+        if result.origin_cpu_ms:
+            extra += f", origin CPU {result.origin_cpu_ms:.1f} ms/img"
         self.report.line(
             f"{result.label + ':':44} {result.rate:6.1f} img/s  ({result.images} images in "
-            f"{result.seconds:.1f} s, {result.failed} failed{extra}; "
-            f"{result.bytes_in / MB:.1f} MB -> {result.bytes_out / MB:.1f} MB)"
+            f"{result.seconds:.1f} s, CPU {result.cpu_ms:.1f} ms/img, {result.failed} failed"
+            f"{extra}; {result.bytes_in / MB:.1f} MB -> {result.bytes_out / MB:.1f} MB)"
         )
 
     def raw(self, photos: corpora.Corpus, settings: ImageSettings) -> Throughput:
@@ -78,7 +80,7 @@ class Bench:
         return result
 
     async def service(
-        self, session: aiohttp.ClientSession, origin: str, photos: corpora.Corpus, engine: str
+        self, session: aiohttp.ClientSession, origin: Origin, photos: corpora.Corpus, engine: str
     ) -> Throughput:
         result = await scenarios.end_to_end(
             session,
@@ -95,7 +97,7 @@ class Bench:
         return result
 
     async def throughput(
-        self, session: aiohttp.ClientSession, origin: str, photos: corpora.Corpus
+        self, session: aiohttp.ClientSession, origin: Origin, photos: corpora.Corpus
     ) -> None:
         r = self.report
         vips = ImageSettings()
@@ -110,7 +112,12 @@ class Bench:
             after = self.raw(photos, vips)
             raw_rate = (before.rate + after.rate) / 2
             ratios.append(e2e.rate / raw_rate)
-            r.line(f"   service/raw = {e2e.rate:.1f} / {raw_rate:.1f} = {ratios[-1]:.3f}")
+            raw_cpu = (before.cpu_ms + after.cpu_ms) / 2
+            r.line(
+                f"   service/raw = {e2e.rate:.1f} / {raw_rate:.1f} = {ratios[-1]:.3f}; "
+                f"CPU per image raw/service = {raw_cpu:.1f} / {e2e.cpu_ms:.1f} = "
+                f"{raw_cpu / e2e.cpu_ms:.3f}"
+            )
         ratio = rep.median(ratios)
         shown = ", ".join(f"{x:.3f}" for x in ratios)
         r.check("end to end / raw libvips", f"{ratio:.3f} (runs: {shown})", ratio >= 0.9)
@@ -128,7 +135,7 @@ class Bench:
             )
         r.line(f"service peak RSS (libvips run): {e2e.peak_rss_mb:.0f} MB")
 
-    async def memory(self, session: aiohttp.ClientSession, origin: str) -> None:
+    async def memory(self, session: aiohttp.ClientSession, origin: Origin) -> None:
         big = corpora.big(self.args.cache)
         self.report.line(f"\n== memory: {self.args.big_images} images, {big.description}")
         result = await scenarios.big_images(
@@ -147,7 +154,7 @@ class Bench:
             result.peak_rss_mb < rep.MAX_PEAK_RSS_MB,
         )
 
-    async def upload(self, session: aiohttp.ClientSession, origin: str) -> None:
+    async def upload(self, session: aiohttp.ClientSession, origin: Origin) -> None:
         rows = self.args.rows
         per_row = self.args.urls_per_row
         self.report.line(f"\n== upload: {rows:,} rows x {per_row} URLs, and a tenth of that")
@@ -174,7 +181,7 @@ class Bench:
         )
 
     async def latency(
-        self, session: aiohttp.ClientSession, origin: str, photos: corpora.Corpus
+        self, session: aiohttp.ClientSession, origin: Origin, photos: corpora.Corpus
     ) -> None:
         a = self.args
         self.report.line(f"\n== GET /status at {a.status_rate:.0f}/s for {a.status_seconds:.0f} s")
@@ -207,7 +214,7 @@ class Bench:
 
 
 @contextlib.asynccontextmanager
-async def origin_process(root: Path) -> AsyncIterator[str]:
+async def origin_process(root: Path) -> AsyncIterator[Origin]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "csvcompress.bench.origin", str(root), stdout=subprocess.PIPE
     )
@@ -216,7 +223,7 @@ async def origin_process(root: Path) -> AsyncIterator[str]:
         line = (await proc.stdout.readline()).decode().split()
         if len(line) != 2 or line[0] != "PORT":
             raise SystemExit("the origin did not start")
-        yield f"http://127.0.0.1:{line[1]}"
+        yield Origin(f"http://127.0.0.1:{line[1]}", proc.pid)
     finally:
         proc.terminate()
         await proc.wait()

@@ -18,7 +18,14 @@ from .. import imaging
 from ..config import ImageSettings, WorkerSettings
 from ..errors import ImageRejected
 from .corpus import Corpus, csv_bytes
-from .service import ServiceProcess, is_complete, status, upload, wait_until
+from .service import ServiceProcess, cpu_seconds, is_complete, status, upload, wait_until
+
+
+@dataclass(frozen=True)
+class Origin:
+    url: str
+    pid: int
+
 
 MIB = 1024 * 1024
 # Rows of the throughput CSVs carry this many URLs each (the issue's example has 2).
@@ -40,6 +47,9 @@ class Throughput:
     failed: int = 0
     peak_rss_mb: float | None = None
     startup_seconds: float | None = None
+    # CPU time per image of the process doing the work, and of the origin serving it.
+    cpu_ms: float = 0.0
+    origin_cpu_ms: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -64,9 +74,11 @@ def raw(corpus: Corpus, count: int, settings: ImageSettings, threads: int) -> Th
     # As the service does: the pool gives one image per core, under the same pixel budget.
     imaging.configure(concurrency=1, pixel_budget=WorkerSettings().pixel_budget)
     with ThreadPoolExecutor(threads) as pool:
+        cpu = time.process_time()
         started = time.perf_counter()
         sizes = list(pool.map(_recompress_size, payloads, repeat(settings)))
         seconds = time.perf_counter() - started
+        cpu = time.process_time() - cpu
     ok = [(len(p), s) for p, s in zip(payloads, sizes, strict=True) if s >= 0]
     label = f"raw {settings.engine}, {threads} threads, from memory"
     if settings.optimize_coding != ImageSettings.optimize_coding:
@@ -78,6 +90,7 @@ def raw(corpus: Corpus, count: int, settings: ImageSettings, threads: int) -> Th
         bytes_in=sum(p for p, _ in ok),
         bytes_out=sum(s for _, s in ok),
         failed=count - len(ok),
+        cpu_ms=cpu * 1000 / count,
     )
 
 
@@ -91,7 +104,7 @@ def _server_seconds(doc: dict[str, Any]) -> float:
 async def end_to_end(
     session: aiohttp.ClientSession,
     workdir: Path,
-    origin: str,
+    origin: Origin,
     corpus: Corpus,
     count: int,
     images: Mapping[str, Any],
@@ -101,10 +114,11 @@ async def end_to_end(
     service = ServiceProcess(workdir, {"images": images}, env)
     startup = await service.start(session)
     try:
-        accepted = await upload(
-            session, service.base_url, csv_bytes(corpus.urls(origin, count), URLS_PER_ROW)
-        )
+        csv_data = csv_bytes(corpus.urls(origin.url, count), URLS_PER_ROW)
+        cpu, origin_cpu = service.cpu_seconds(), cpu_seconds(origin.pid)
+        accepted = await upload(session, service.base_url, csv_data)
         doc = await wait_until(session, service.base_url, accepted.request_id, is_complete)
+        cpu, origin_cpu = service.cpu_seconds() - cpu, cpu_seconds(origin.pid) - origin_cpu
         _, peak = service.memory_mb()
     finally:
         await service.stop()
@@ -118,6 +132,8 @@ async def end_to_end(
         failed=counts["failed"],
         peak_rss_mb=peak,
         startup_seconds=startup,
+        cpu_ms=cpu * 1000 / count,
+        origin_cpu_ms=origin_cpu * 1000 / count,
     )
 
 
@@ -134,7 +150,7 @@ class Memory:
 async def big_images(
     session: aiohttp.ClientSession,
     workdir: Path,
-    origin: str,
+    origin: Origin,
     corpus: Corpus,
     count: int,
     env: Mapping[str, str],
@@ -150,7 +166,8 @@ async def big_images(
             quarter.append(service.memory_mb()[1])
 
     try:
-        accepted = await upload(session, service.base_url, csv_bytes(corpus.urls(origin, count), 1))
+        csv_data = csv_bytes(corpus.urls(origin.url, count), 1)
+        accepted = await upload(session, service.base_url, csv_data)
         doc = await wait_until(session, service.base_url, accepted.request_id, is_complete, sample)
         _, peak = service.memory_mb()
     finally:
@@ -183,7 +200,7 @@ class Upload:
 async def big_upload(
     session: aiohttp.ClientSession,
     workdir: Path,
-    origin: str,
+    origin: Origin,
     rows: int,
     per_row: int,
     env: Mapping[str, str],
@@ -193,7 +210,7 @@ async def big_upload(
     The URLs are distinct and answer 404, so the job that follows is cheap and
     the figure is the upload's own.
     """
-    urls = [f"{origin}/missing/{k}/image.jpg" for k in range(rows * per_row)]
+    urls = [f"{origin.url}/missing/{k}/image.jpg" for k in range(rows * per_row)]
     data = csv_bytes(urls, per_row)
     service = ServiceProcess(workdir, {}, env)
     startup = await service.start(session)
@@ -235,7 +252,7 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
 async def status_latency(
     session: aiohttp.ClientSession,
     workdir: Path,
-    origin: str,
+    origin: Origin,
     corpus: Corpus,
     rate: float,
     seconds: float,
@@ -251,7 +268,7 @@ async def status_latency(
     startup = await service.start(session)
     try:
         accepted = await upload(
-            session, service.base_url, csv_bytes(corpus.urls(origin, count), URLS_PER_ROW)
+            session, service.base_url, csv_bytes(corpus.urls(origin.url, count), URLS_PER_ROW)
         )
         url = f"{service.base_url}/status/{accepted.request_id}"
         # Measure only once images are flowing through every stage.

@@ -35,6 +35,14 @@ def free_port() -> int:
         return port
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    # After the ")" closing the command name, utime and stime are the 12th and 13th fields.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def toml(sections: Settings) -> str:
     """Just enough TOML for a config file: tables of strings, numbers, booleans and lists."""
     lines = []
@@ -115,6 +123,9 @@ class ServiceProcess:
         return "\n".join(text.splitlines()[-lines:])
 
     # --- memory, from /proc ------------------------------------------------------
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.pid)
 
     def memory_mb(self) -> tuple[float, float]:
         """(current RSS, peak RSS since start or the last reset_peak) in MiB."""
