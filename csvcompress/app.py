@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 
-from . import imaging
+from . import cpupool, imaging
 from .config import Settings
 from .db import Database
 from .fetcher import Fetcher
@@ -54,7 +54,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     await storage.start()
     guard = NetGuard(settings.fetch)
     session = create_session(settings.fetch, guard)
-    pool = ThreadPoolExecutor(settings.workers.thread_count, thread_name_prefix="vips")
+    pool = cpupool.create(settings.workers)
     webhooks = WebhookSender(settings, database, session)
     processor = Processor(settings, Fetcher(settings.fetch, session), storage, pool)
     queue = JobQueue(settings, database, processor, on_finished=webhooks.request_finished)

@@ -198,10 +198,13 @@ class WorkerSettings:
     shutdown_grace: float = 30.0
     # Pixels decoded at once across all threads (0: no cap); bounds memory, see budget.py.
     pixel_budget: int = 25_000_000
+    # Nice value of the recompression threads over the event loop's (Linux); 0: equal.
+    nice: int = 10
 
     def validate(self) -> None:
         _check(self.threads >= 0, "workers.threads", "must be 0 or more")
         _check(self.pixel_budget >= 0, "workers.pixel_budget", "must be 0 or more")
+        _check(0 <= self.nice <= 19, "workers.nice", "must be between 0 and 19")
         _check(self.shutdown_grace >= 0, "workers.shutdown_grace", "must be 0 or more")
 
     @property

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import repeat
@@ -14,7 +13,7 @@ from typing import Any
 
 import aiohttp
 
-from .. import imaging
+from .. import cpupool, imaging
 from ..config import ImageSettings, WorkerSettings
 from ..errors import ImageRejected
 from .corpus import Corpus, csv_bytes
@@ -73,7 +72,8 @@ def raw(corpus: Corpus, count: int, settings: ImageSettings, threads: int) -> Th
     payloads = corpus.payloads(count)
     # As the service does: the pool gives one image per core, under the same pixel budget.
     imaging.configure(concurrency=1, pixel_budget=WorkerSettings().pixel_budget)
-    with ThreadPoolExecutor(threads) as pool:
+    # The service's pool (same thread count, same priority), so the comparison is fair.
+    with cpupool.create(WorkerSettings(threads=threads)) as pool:
         cpu = time.process_time()
         started = time.perf_counter()
         sizes = list(pool.map(_recompress_size, payloads, repeat(settings)))
