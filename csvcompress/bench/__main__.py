@@ -154,14 +154,14 @@ class Bench:
             result.peak_rss_mb < rep.MAX_PEAK_RSS_MB,
         )
 
-    async def upload(self, session: aiohttp.ClientSession, origin: Origin) -> None:
+    async def upload(self, session: aiohttp.ClientSession) -> None:
         rows = self.args.rows
         per_row = self.args.urls_per_row
         self.report.line(f"\n== upload: {rows:,} rows x {per_row} URLs, and a tenth of that")
         results = []
         for n in (max(1, rows // 10), rows):
             result = await scenarios.big_upload(
-                session, self.fresh_dir(f"upload-{n}"), origin, n, per_row, self.env
+                session, self.fresh_dir(f"upload-{n}"), n, per_row, self.env
             )
             self.startups.append(result.startup_seconds)
             results.append(result)
@@ -246,7 +246,7 @@ async def run(args: argparse.Namespace, sections: Sequence[str], report: Report)
             if "memory" in sections:
                 await bench.memory(session, origin)
             if "upload" in sections:
-                await bench.upload(session, origin)
+                await bench.upload(session)
             if "latency" in sections:
                 await bench.latency(session, origin, photos)
         bench.startup()
