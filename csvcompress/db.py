@@ -550,6 +550,14 @@ def iter_image_outcomes_sync(
         yield from batch
 
 
+def request_input_sync(conn: sqlite3.Connection, request_id: str) -> tuple[str, int, int] | None:
+    """(input CSV path, rows, images) of a request."""
+    row = conn.execute(
+        "SELECT input_path, rows, images_total FROM requests WHERE requestId = ?", (request_id,)
+    ).fetchone()
+    return None if row is None else (str(row[0]), int(row[1]), int(row[2]))
+
+
 def input_path_sync(conn: sqlite3.Connection, request_id: str) -> str | None:
     row = conn.execute(
         "SELECT input_path FROM requests WHERE requestId = ?", (request_id,)

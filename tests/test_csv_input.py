@@ -24,6 +24,7 @@ from csvcompress.csv_input import (
     CsvRow,
     CsvSummary,
     ImageOutcome,
+    accepted_summary,
     iter_rows,
     split_urls,
     validate,
@@ -804,3 +805,16 @@ def test_on_row_stops_at_the_first_problem(tmp_path: Path) -> None:
     with pytest.raises(CsvInvalid):
         validate(path, LIMITS, on_row=lambda index, cell: seen.append(index))
     assert seen == [0]
+
+
+def test_accepted_summary_rebuilds_what_validate_found_from_the_header(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "\ufeffColour,Sr No,Input Image URLs,Product Name\n"
+        "red,1,https://a.example/1.jpg,A\n"
+        'blue,2,"https://a.example/2.jpg, https://a.example/3.jpg",B\n',
+    )
+    summary = validate(path, LIMITS)
+    assert accepted_summary(path, summary.rows, summary.images) == summary
+    with pytest.raises(ValueError, match="not a file that validate accepted"):
+        accepted_summary(write(tmp_path, "just,some,words\n", "other.csv"), 0, 0)
