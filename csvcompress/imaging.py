@@ -443,9 +443,10 @@ def recompress(data: bytes, settings: ImageSettings) -> Compressed:
     _run(ctx, PIPELINE[:_DECODING])
     try:
         with PIXELS.hold(pixels(ctx)):
+            memory.trim_around(pixels(ctx))
             _run(ctx, PIPELINE[_DECODING:])
     finally:
-        memory.trim_after(pixels(ctx))
+        memory.trim_around(pixels(ctx))
     assert ctx.result is not None
     return ctx.result
 

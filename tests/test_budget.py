@@ -93,4 +93,4 @@ def test_configure_sets_the_budget() -> None:
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc allocator settings")
 def test_big_buffers_are_returned_on_glibc() -> None:
     assert memory.return_big_buffers() is True
-    memory.trim_after(memory.TRIM_AFTER_PIXELS)  # callable, harmless
+    memory.trim_around(memory.TRIM_AFTER_PIXELS)  # callable, harmless
