@@ -132,6 +132,8 @@ class FetchSettings:
     max_redirects: int = 5
     # Downloads in flight at once, across all requests.
     concurrency: int = 16
+    # Downloaded bytes held for compression; no new download starts above it (0: no limit).
+    buffer_bytes: int = 24 * MIB
     # Tries per image for connection errors, 5xx and 429.
     attempts: int = 3
     # First back-off wait in seconds; doubles each try.
@@ -148,6 +150,7 @@ class FetchSettings:
         _check(self.max_bytes > 0, "fetch.max_bytes", "must be positive")
         _check(self.max_redirects >= 0, "fetch.max_redirects", "must be 0 or more")
         _check(self.concurrency >= 1, "fetch.concurrency", "must be at least 1")
+        _check(self.buffer_bytes >= 0, "fetch.buffer_bytes", "must be 0 or more")
         _check(self.attempts >= 1, "fetch.attempts", "must be at least 1")
         _check(self.backoff >= 0, "fetch.backoff", "must be 0 or more")
         for cidr in self.allowed_networks:

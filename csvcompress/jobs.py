@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import csv_input, db, imaging
+from .budget import ByteBudget
 from .config import LimitSettings, Settings
 from .csv_input import ImageOutcome
 from .db import Database
@@ -148,14 +149,18 @@ class Processor:
         self._fetcher = fetcher
         self._storage = storage
         self._pool = pool
+        # Downloaded images held for compression: bounded, see budget.py.
+        self._downloads = ByteBudget(settings.fetch.buffer_bytes)
 
     async def process(self, job: ImageJob) -> ImageResult:
         try:
-            fetched = await self._fetcher.fetch(job.url)
-            loop = asyncio.get_running_loop()
-            out = await loop.run_in_executor(
-                self._pool, imaging.recompress, fetched.data, self._settings.images
-            )
+            async with self._downloads.admit() as ticket:
+                fetched = await self._fetcher.fetch(job.url)
+                ticket.downloaded(len(fetched.data))
+                loop = asyncio.get_running_loop()
+                out = await loop.run_in_executor(
+                    self._pool, imaging.recompress, fetched.data, self._settings.images
+                )
             key = f"{job.request_id}/{job.row + 1}-{job.position + 1}{out.extension}"
             url = await self._store(key, out.data, out.content_type)
         except CsvCompressError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import platform
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -9,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from csvcompress import imaging, memory
-from csvcompress.budget import PixelBudget
+from csvcompress.budget import ByteBudget, PixelBudget
 from csvcompress.config import ImageSettings
 from tests import images
 
@@ -94,3 +95,95 @@ def test_configure_sets_the_budget() -> None:
 def test_big_buffers_are_returned_on_glibc() -> None:
     assert memory.return_big_buffers() is True
     memory.trim_around(memory.TRIM_AFTER_PIXELS)  # callable, harmless
+
+
+# --- ByteBudget: downloads held for compression ---------------------------------------
+
+
+async def _admitted(budget: ByteBudget, started: list[int], n: int, size: int) -> None:
+    async with budget.admit() as ticket:
+        started.append(n)
+        ticket.downloaded(size)
+        await asyncio.sleep(3600)  # held until cancelled
+
+
+async def test_downloads_wait_while_the_budget_is_held_and_start_one_by_one() -> None:
+    budget = ByteBudget(10)
+    started: list[int] = []
+    first = asyncio.create_task(_admitted(budget, started, 0, 8))
+    second = asyncio.create_task(_admitted(budget, started, 1, 8))  # 8 < 10: let in
+    await asyncio.sleep(0.01)
+    waiting = [asyncio.create_task(_admitted(budget, started, n, 8)) for n in (2, 3, 4)]
+    await asyncio.sleep(0.01)
+    assert started == [0, 1] and budget.held == 16
+
+    first.cancel()
+    await asyncio.sleep(0.01)
+    assert started == [0, 1, 2] and budget.held == 16  # 8 held: room for one more
+    second.cancel()
+    await asyncio.sleep(0.01)
+    assert started == [0, 1, 2, 3]
+    for task in waiting:
+        task.cancel()
+    await asyncio.gather(first, second, *waiting, return_exceptions=True)
+    assert (budget.held, budget.downloading) == (0, 0)
+
+
+async def test_downloads_in_flight_count_at_the_average_size() -> None:
+    budget = ByteBudget(10)
+    async with budget.admit() as ticket:
+        ticket.downloaded(8)  # the average is now 8
+    go = asyncio.Event()
+    started: list[int] = []
+
+    async def download(n: int) -> None:
+        async with budget.admit() as ticket:
+            started.append(n)
+            await go.wait()
+            ticket.downloaded(8)
+
+    tasks = [asyncio.create_task(download(n)) for n in range(4)]
+    await asyncio.sleep(0.01)
+    # Nothing is held yet, but two downloads in flight (2 x 8) fill the budget of 10.
+    assert started == [0, 1]
+    go.set()
+    await asyncio.gather(*tasks)
+    assert started == [0, 1, 2, 3]
+    assert (budget.held, budget.downloading) == (0, 0)
+
+
+async def test_before_any_download_finished_four_start_at_once() -> None:
+    budget = ByteBudget(100)
+    go = asyncio.Event()
+    started: list[int] = []
+
+    async def download(n: int) -> None:
+        async with budget.admit() as ticket:
+            started.append(n)
+            await go.wait()
+            ticket.downloaded(1)
+
+    tasks = [asyncio.create_task(download(n)) for n in range(10)]
+    await asyncio.sleep(0.01)
+    assert started == [0, 1, 2, 3]  # each counted at a quarter of the budget
+    go.set()
+    await asyncio.gather(*tasks)
+    assert len(started) == 10
+
+
+async def test_a_failed_download_gives_its_place_back() -> None:
+    budget = ByteBudget(10)
+    with pytest.raises(OSError):
+        async with budget.admit():
+            assert budget.downloading == 1
+            raise OSError("connection reset")
+    assert (budget.held, budget.downloading) == (0, 0)
+
+
+async def test_no_limit_never_waits_for_bytes() -> None:
+    budget = ByteBudget(0)
+    async with budget.admit() as a, budget.admit() as b:
+        a.downloaded(10**9)
+        b.downloaded(10**9)
+        async with budget.admit():
+            assert budget.held == 2 * 10**9
