@@ -218,6 +218,24 @@ class Database:
             row = await cur.fetchone()
         return _request_from_row(row) if row else None
 
+    async def get_request_with_counts(
+        self, request_id: str
+    ) -> tuple[RequestRecord, ImageCounts] | None:
+        """get_request and get_counts in one trip to the database thread, not six.
+
+        (With aiosqlite, execute, fetchone and closing the cursor are a trip each.)
+        """
+        rows = await self.conn.execute_fetchall(
+            f"SELECT {_REQUEST_COLUMNS}, images_total, images_succeeded, images_failed "
+            "FROM requests WHERE requestId = ?",
+            (request_id,),
+        )
+        row = next(iter(rows), None)
+        if row is None:
+            return None
+        total, succeeded, failed = row[-3:]
+        return _request_from_row(row), ImageCounts(total, succeeded, failed)
+
     async def get_counts(self, request_id: str) -> ImageCounts:
         async with self.conn.execute(
             "SELECT images_total, images_succeeded, images_failed FROM requests "
