@@ -73,6 +73,12 @@ class Bench:
             f"{result.seconds:.1f} s, CPU {result.cpu_ms:.1f} ms/img, {result.failed} failed"
             f"{extra}; {result.bytes_in / MB:.1f} MB -> {result.bytes_out / MB:.1f} MB)"
         )
+        if result.thread_cpu_ms:
+            shares = ", ".join(
+                f"{name} {ms:.1f}"
+                for name, ms in sorted(result.thread_cpu_ms.items(), key=lambda kv: -kv[1])
+            )
+            self.report.line(f"   service CPU ms/img by thread: {shares}")
 
     def raw(self, photos: corpora.Corpus, settings: ImageSettings) -> Throughput:
         result = scenarios.raw(photos, self.args.images, settings, self.threads)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import repeat
 from pathlib import Path
@@ -17,7 +17,15 @@ from .. import cpupool, imaging
 from ..config import ImageSettings, WorkerSettings
 from ..errors import ImageRejected
 from .corpus import Corpus, csv_bytes
-from .service import ServiceProcess, cpu_seconds, is_complete, status, upload, wait_until
+from .service import (
+    ServiceProcess,
+    cpu_seconds,
+    is_complete,
+    status,
+    thread_cpu_seconds,
+    upload,
+    wait_until,
+)
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,8 @@ class Throughput:
     # CPU time per image of the process doing the work, and of the origin serving it.
     cpu_ms: float = 0.0
     origin_cpu_ms: float = 0.0
+    # The service's CPU per image by group of threads (see service.thread_cpu_seconds).
+    thread_cpu_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -116,9 +126,12 @@ async def end_to_end(
     try:
         csv_data = csv_bytes(corpus.urls(origin.url, count), URLS_PER_ROW)
         cpu, origin_cpu = service.cpu_seconds(), cpu_seconds(origin.pid)
+        threads = thread_cpu_seconds(service.pid)
         accepted = await upload(session, service.base_url, csv_data)
         doc = await wait_until(session, service.base_url, accepted.request_id, is_complete)
         cpu, origin_cpu = service.cpu_seconds() - cpu, cpu_seconds(origin.pid) - origin_cpu
+        after = thread_cpu_seconds(service.pid)
+        by_thread = {k: (v - threads.get(k, 0.0)) * 1000 / count for k, v in after.items()}
         _, peak = service.memory_mb()
     finally:
         await service.stop()
@@ -134,6 +147,7 @@ async def end_to_end(
         startup_seconds=startup,
         cpu_ms=cpu * 1000 / count,
         origin_cpu_ms=origin_cpu * 1000 / count,
+        thread_cpu_ms=by_thread,
     )
 
 

@@ -43,6 +43,30 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds used so far by a process's threads, grouped by what they do."""
+    groups: dict[str, float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except FileNotFoundError:  # the thread just ended
+            continue
+        if name == "libvips worker":
+            group = "libvips workers"
+        elif tid == str(pid):
+            group = "event loop"
+        elif int(fields[16]) > 0:  # the nicer pool threads (cpupool)
+            group = "pool threads"
+        else:
+            group = "other threads"
+        seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        groups[group] = groups.get(group, 0.0) + seconds
+    return groups
+
+
 def toml(sections: Settings) -> str:
     """Just enough TOML for a config file: tables of strings, numbers, booleans and lists."""
     lines = []
