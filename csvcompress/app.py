@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import mimetypes
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,10 +20,6 @@ from .storage import Storage, create_storage
 from .webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
-
-# Python's table predates these; without them /files/ would serve application/octet-stream.
-mimetypes.add_type("image/webp", ".webp")
-mimetypes.add_type("image/avif", ".avif")
 
 
 @dataclass
