@@ -16,6 +16,7 @@ from .db import Database
 from .fetcher import Fetcher
 from .jobs import JobQueue, Processor
 from .netguard import NetGuard, create_session
+from .retention import Retention
 from .storage import Storage, create_storage
 from .webhooks import WebhookSender
 
@@ -34,6 +35,7 @@ class Service:
     pool: ThreadPoolExecutor
     queue: JobQueue
     webhooks: WebhookSender
+    retention: Retention
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -53,14 +55,17 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     webhooks = WebhookSender(settings, database, session)
     processor = Processor(settings, Fetcher(settings.fetch, session), storage, pool)
     queue = JobQueue(settings, database, processor, on_finished=webhooks.request_finished)
-    service = Service(settings, database, storage, guard, session, pool, queue, webhooks)
+    retention = Retention(settings, database, storage, queue)
+    service = Service(settings, database, storage, guard, session, pool, queue, webhooks, retention)
     app[SERVICE] = service
     await webhooks.start()
     await queue.start()
+    await retention.start()
     log.info("csvcompress ready on %s", settings.server.base_url)
     try:
         yield
     finally:
+        await retention.close()
         await queue.stop()
         await webhooks.close()
         pool.shutdown(wait=True, cancel_futures=True)

@@ -33,7 +33,10 @@ def delivery_document(delivery: DeliveryRecord | None) -> dict[str, Any] | None:
 
 def request_data(record: RequestRecord, counts: ImageCounts, base_url: str) -> dict[str, Any]:
     """What both /status and a webhook say about a request."""
-    done = record.status is RequestStatus.COMPLETE and record.output_file_path
+    done = (
+        record.status in (RequestStatus.COMPLETE, RequestStatus.CANCELLED)
+        and record.output_file_path
+    )
     data: dict[str, Any] = {
         "request_id": record.id,
         "status": record.status.value,

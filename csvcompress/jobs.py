@@ -70,6 +70,9 @@ class Scheduler:
     def __len__(self) -> int:
         return len(self._active)
 
+    def __contains__(self, request_id: object) -> bool:
+        return request_id in self._active
+
     async def add(self, request_id: str) -> None:
         async with self._wakeup:
             if request_id not in self._active:
@@ -80,6 +83,21 @@ class Scheduler:
         async with self._wakeup:
             self._closed = True
             self._wakeup.notify_all()
+
+    async def cancel(self, request_id: str) -> bool:
+        """Hand out no more of a request's jobs; False if the scheduler did not have it.
+
+        Jobs already handed out run to the end; when the last is done, the request
+        drains as usual.
+        """
+        async with self._wakeup:
+            entry = self._active.get(request_id)
+            if entry is None:
+                return False
+            entry.buffer.clear()
+            entry.exhausted = True
+            self._maybe_drained(entry)
+            return True
 
     async def next_job(self) -> ImageJob | None:
         """The next job, round-robin over requests; None once the scheduler is closed."""
@@ -141,7 +159,11 @@ class Processor:
     """Fetches, recompresses and stores one image; every failure becomes an ImageResult."""
 
     def __init__(
-        self, settings: Settings, fetcher: Fetcher, storage: Storage, pool: ThreadPoolExecutor
+        self,
+        settings: Settings,
+        fetcher: Fetcher,
+        storage: Storage,
+        pool: ThreadPoolExecutor,
     ) -> None:
         self._settings = settings
         self._fetcher = fetcher
@@ -191,7 +213,11 @@ class JobQueue:
         self._scheduler = Scheduler(database, self._drained)
         self._workers: list[asyncio.Task[None]] = []
         self._finishing: set[asyncio.Task[None]] = set()
+        # Requests whose output CSV is being written: they cannot be deleted or retried yet.
+        self._finishing_ids: set[str] = set()
         self.outputs_dir = settings.data_dir / "outputs"
+        # Set once shutdown begins: no new work is taken in.
+        self.stopping = False
 
     @property
     def worker_count(self) -> int:
@@ -210,7 +236,28 @@ class JobQueue:
     async def submit(self, request_id: str) -> None:
         await self._scheduler.add(request_id)
 
+    def is_busy(self, request_id: str) -> bool:
+        """Whether images of the request are in flight or its output CSV is being written."""
+        return request_id in self._scheduler or request_id in self._finishing_ids
+
+    async def cancel(self, request_id: str) -> bool:
+        """Cancel an unfinished request; False if it is unknown or already finished.
+
+        Its pending images are skipped at once. Images already in flight run to the
+        end but their results are dropped; then the output CSV is written (with the
+        skipped images' reason in the Errors column) and the webhook is sent.
+        """
+        if not await self._db.cancel_request(request_id):
+            return False
+        log.info("request %s cancelled", request_id, extra={"request_id": request_id})
+        active = await self._scheduler.cancel(request_id)
+        if not active and request_id not in self._finishing_ids:
+            # Not in the scheduler (it drained already, or was never queued): finish it here.
+            self._drained(request_id)
+        return True
+
     async def stop(self) -> None:
+        self.stopping = True
         await self._scheduler.close()
         for task in self._workers:
             task.cancel()
@@ -237,14 +284,21 @@ class JobQueue:
     def _drained(self, request_id: str) -> None:
         task = asyncio.create_task(self._finish(request_id), name=f"finish-{request_id}")
         self._finishing.add(task)
-        task.add_done_callback(self._finishing.discard)
+        self._finishing_ids.add(request_id)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._finishing.discard(task)
+            self._finishing_ids.discard(request_id)
+
+        task.add_done_callback(done)
 
     async def _finish(self, request_id: str) -> None:
         """Write the output CSV, then mark the request finished, then notify."""
         counts = await self._db.get_counts(request_id)
         if counts.pending:
-            # Images left pending by an internal error: leave them for the next start.
-            log.error("request %s drained with %d images pending", request_id, counts.pending)
+            # Images left pending by a stop or an internal error: leave them for the next start.
+            if not self.stopping:
+                log.error("request %s drained with %d images pending", request_id, counts.pending)
             return
         output = self.outputs_dir / f"{request_id}.csv"
         try:
@@ -261,7 +315,7 @@ class JobQueue:
             await self._db.finish_request(
                 request_id, RequestStatus.COMPLETE, output_file_path=str(output)
             )
-            log.info("request %s complete", request_id)
+            log.info("request %s finished: output CSV written", request_id)
         if self._on_finished is not None:
             with contextlib.suppress(Exception):
                 await self._on_finished(request_id)

@@ -12,6 +12,7 @@ from aiohttp.typedefs import Handler
 from . import imaging, uploads
 from .app import SERVICE
 from .config import Settings
+from .control import setup_control_routes
 from .documents import status_document, status_url
 from .errors import CsvCompressError, NotFound, StorageError
 from .storage import LocalStorage
@@ -128,3 +129,4 @@ def setup_routes(app: web.Application, settings: Settings) -> None:
     app.router.add_get("/requests/{request_id}/output.csv", output_csv)
     if settings.storage.backend == "local":
         app.router.add_get("/files/{key:.+}", stored_file)
+    setup_control_routes(app)

@@ -24,11 +24,17 @@ log = logging.getLogger(__name__)
 EVENT_TYPES = {
     RequestStatus.COMPLETE: "request.completed",
     RequestStatus.FAILED: "request.failed",
+    RequestStatus.CANCELLED: "request.cancelled",
 }
 
 
 class WebhookSender:
-    def __init__(self, settings: Settings, database: Database, session: aiohttp.ClientSession):
+    def __init__(
+        self,
+        settings: Settings,
+        database: Database,
+        session: aiohttp.ClientSession,
+    ):
         self._settings = settings
         self._db = database
         self._session = session
