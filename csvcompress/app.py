@@ -15,6 +15,7 @@ from .config import Settings
 from .db import Database
 from .fetcher import Fetcher
 from .jobs import JobQueue, Processor
+from .metrics import Metrics
 from .netguard import NetGuard, create_session
 from .retention import Retention
 from .storage import Storage, create_storage
@@ -35,6 +36,7 @@ class Service:
     pool: ThreadPoolExecutor
     queue: JobQueue
     webhooks: WebhookSender
+    metrics: Metrics
     retention: Retention
 
 
@@ -52,11 +54,16 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     guard = NetGuard(settings.fetch)
     session = create_session(settings.fetch, guard)
     pool = ThreadPoolExecutor(settings.workers.thread_count, thread_name_prefix="vips")
-    webhooks = WebhookSender(settings, database, session)
-    processor = Processor(settings, Fetcher(settings.fetch, session), storage, pool)
-    queue = JobQueue(settings, database, processor, on_finished=webhooks.request_finished)
+    metrics = Metrics()
+    webhooks = WebhookSender(settings, database, session, metrics)
+    processor = Processor(settings, Fetcher(settings.fetch, session), storage, pool, metrics)
+    queue = JobQueue(
+        settings, database, processor, on_finished=webhooks.request_finished, metrics=metrics
+    )
     retention = Retention(settings, database, storage, queue)
-    service = Service(settings, database, storage, guard, session, pool, queue, webhooks, retention)
+    service = Service(
+        settings, database, storage, guard, session, pool, queue, webhooks, metrics, retention
+    )
     app[SERVICE] = service
     await webhooks.start()
     await queue.start()

@@ -31,6 +31,8 @@ from .csv_input import ImageOutcome
 from .db import Database
 from .errors import CsvCompressError, StorageError
 from .fetcher import Fetcher
+from .logs import REQUEST_ID
+from .metrics import Metrics
 from .models import ImageJob, ImageResult, RequestStatus
 from .storage import Storage
 
@@ -164,21 +166,27 @@ class Processor:
         fetcher: Fetcher,
         storage: Storage,
         pool: ThreadPoolExecutor,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
         self._fetcher = fetcher
         self._storage = storage
         self._pool = pool
+        self._metrics = metrics or Metrics()
 
     async def process(self, job: ImageJob) -> ImageResult:
+        stage = self._metrics.stage
         try:
-            fetched = await self._fetcher.fetch(job.url)
+            with stage("download"):
+                fetched = await self._fetcher.fetch(job.url)
             loop = asyncio.get_running_loop()
-            out = await loop.run_in_executor(
-                self._pool, imaging.recompress, fetched.data, self._settings.images
-            )
+            with stage("compress"):
+                out = await loop.run_in_executor(
+                    self._pool, imaging.recompress, fetched.data, self._settings.images
+                )
             key = f"{job.request_id}/{job.row + 1}-{job.position + 1}{out.extension}"
-            url = await self._store(key, out.data, out.content_type)
+            with stage("store"):
+                url = await self._store(key, out.data, out.content_type)
         except CsvCompressError as exc:
             return ImageResult(output_url=None, error=exc.message, error_code=exc.code)
         return ImageResult(
@@ -205,11 +213,13 @@ class JobQueue:
         database: Database,
         processor: Processor,
         on_finished: FinishedCallback | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
         self._db = database
         self._processor = processor
         self._on_finished = on_finished
+        self._metrics = metrics or Metrics()
         self._scheduler = Scheduler(database, self._drained)
         self._workers: list[asyncio.Task[None]] = []
         self._finishing: set[asyncio.Task[None]] = set()
@@ -256,6 +266,29 @@ class JobQueue:
             self._drained(request_id)
         return True
 
+    async def drain(self, grace: float) -> None:
+        """Take no new images, and give those in flight up to `grace` seconds to finish.
+
+        Whatever is not finished by then stays pending in SQLite for the next start.
+        """
+        self.stopping = True
+        await self._scheduler.close()
+        deadline = asyncio.get_running_loop().time() + grace
+        busy = [task for task in self._workers if not task.done()]
+        if busy:
+            await asyncio.wait(busy, timeout=grace)
+        remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+        if self._finishing:
+            await asyncio.wait(set(self._finishing), timeout=remaining)
+        unfinished = sum(not task.done() for task in busy)
+        if unfinished:
+            log.warning(
+                "shutdown grace of %g s is over: %d image(s) in flight stay pending for the next"
+                " start",
+                grace,
+                unfinished,
+            )
+
     async def stop(self) -> None:
         self.stopping = True
         await self._scheduler.close()
@@ -268,11 +301,13 @@ class JobQueue:
 
     async def _work(self) -> None:
         while (job := await self._scheduler.next_job()) is not None:
+            REQUEST_ID.set(job.request_id)  # this worker's log lines are about this request
             try:
                 result = await self._processor.process(job)
                 if result.error:
-                    log.info("image failed", extra={"request_id": job.request_id, "url": job.url})
-                await self._db.record_image(job, result)
+                    log.info("image %s failed (%s): %s", job.url, result.error_code, result.error)
+                images = await self._db.record_image(job, result)
+                self._metrics.image_recorded(result, images)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -294,6 +329,7 @@ class JobQueue:
 
     async def _finish(self, request_id: str) -> None:
         """Write the output CSV, then mark the request finished, then notify."""
+        REQUEST_ID.set(request_id)  # in this task's own context
         counts = await self._db.get_counts(request_id)
         if counts.pending:
             # Images left pending by a stop or an internal error: leave them for the next start.

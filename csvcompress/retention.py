@@ -17,6 +17,7 @@ from .config import Settings
 from .db import Database
 from .errors import StorageError
 from .jobs import JobQueue
+from .logs import request_context
 from .storage import Storage
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,8 @@ class Retention:
             return False
         self._removing.add(request_id)
         try:
-            return await self._remove(request_id)
+            with request_context(request_id):
+                return await self._remove(request_id)
         finally:
             self._removing.discard(request_id)
 

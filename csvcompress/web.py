@@ -15,6 +15,7 @@ from .config import Settings
 from .control import setup_control_routes
 from .documents import status_document, status_url
 from .errors import CsvCompressError, NotFound, StorageError
+from .ops import setup_ops_routes
 from .storage import LocalStorage
 
 log = logging.getLogger(__name__)
@@ -129,4 +130,5 @@ def setup_routes(app: web.Application, settings: Settings) -> None:
     app.router.add_get("/requests/{request_id}/output.csv", output_csv)
     if settings.storage.backend == "local":
         app.router.add_get("/files/{key:.+}", stored_file)
+    setup_ops_routes(app)
     setup_control_routes(app)

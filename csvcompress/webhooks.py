@@ -17,6 +17,7 @@ import aiohttp
 from .config import Settings
 from .db import Database
 from .documents import request_data
+from .metrics import Metrics
 from .models import DeliveryState, RequestStatus
 
 log = logging.getLogger(__name__)
@@ -34,10 +35,12 @@ class WebhookSender:
         settings: Settings,
         database: Database,
         session: aiohttp.ClientSession,
+        metrics: Metrics | None = None,
     ):
         self._settings = settings
         self._db = database
         self._session = session
+        self._metrics = metrics or Metrics()
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -92,6 +95,7 @@ class WebhookSender:
         ok = status is not None and 200 <= status < 300
         if not ok and error is None:
             error = f"HTTP {status}"
+        self._metrics.webhook_delivery("delivered" if ok else "failed")
         await self._db.record_attempt(
             delivery_id,
             state=DeliveryState.DELIVERED if ok else DeliveryState.FAILED,
