@@ -546,6 +546,8 @@ def check_writable_sync(path: str | Path, timeout: float) -> None:
             raise NotWritable(f"{target} is read-only")
     uri = f"{path.resolve().as_uri()}?mode=rw"
     with closing(sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)) as conn:
+        # Durable like the service's own writes (WAL + NORMAL): no fsync per probe.
+        conn.execute("PRAGMA synchronous = NORMAL")
         # On an error the connection closes with the transaction open: SQLite rolls it back.
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("INSERT OR REPLACE INTO health (id, checked_at) VALUES (1, ?)", (now_iso(),))

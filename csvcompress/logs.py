@@ -178,4 +178,6 @@ def configure(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(settings.level.upper())
+    # libvips reports every finished thread pool at INFO: one line per image, no event.
+    logging.getLogger("pyvips").setLevel(max(logging.WARNING, root.level))
     return handler
