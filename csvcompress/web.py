@@ -14,6 +14,7 @@ from .app import SERVICE
 from .config import Settings
 from .documents import status_document, status_url
 from .errors import CsvCompressError, NotFound
+from .webhook_routes import setup_webhook_routes
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ def setup_routes(app: web.Application, settings: Settings) -> None:
     app.router.add_post("/upload", upload)
     app.router.add_get("/status/{request_id}", status)
     app.router.add_get("/requests/{request_id}/output.csv", output_csv)
+    setup_webhook_routes(app)
     if settings.storage.backend == "local":
         files = Path(settings.storage.dir)
         files.mkdir(parents=True, exist_ok=True)
