@@ -50,7 +50,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     guard = NetGuard(settings.fetch)
     session = create_session(settings.fetch, guard)
     pool = ThreadPoolExecutor(settings.workers.thread_count, thread_name_prefix="vips")
-    webhooks = WebhookSender(settings, database, session)
+    webhooks = WebhookSender(settings, database, guard)
     processor = Processor(settings, Fetcher(settings.fetch, session), storage, pool)
     queue = JobQueue(settings, database, processor, on_finished=webhooks.request_finished)
     service = Service(settings, database, storage, guard, session, pool, queue, webhooks)

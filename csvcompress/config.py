@@ -11,6 +11,8 @@ bare word taken as a string.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import ipaddress
 import os
@@ -167,6 +169,28 @@ class LimitSettings:
             _check(getattr(self, name) > 0, f"limits.{name}", "must be positive")
 
 
+WEBHOOK_SECRET_PREFIX = "whsec_"
+# Standard Webhooks: an HMAC key of 24 to 64 random bytes, base64-encoded after the prefix.
+WEBHOOK_SECRET_BYTES = (24, 64)
+
+
+def webhook_secret_problem(secret: str) -> str | None:
+    """Why `secret` is not a usable whsec_ signing secret, or None when it is."""
+    low, high = WEBHOOK_SECRET_BYTES
+    expected = f'must be "{WEBHOOK_SECRET_PREFIX}" followed by base64 of {low} to {high} bytes'
+    if not secret.startswith(WEBHOOK_SECRET_PREFIX):
+        return expected
+    encoded = secret[len(WEBHOOK_SECRET_PREFIX) :]
+    try:
+        # Padding may be left off, as the standardwebhooks libraries allow.
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return f"{expected}; the part after the prefix is not base64"
+    if not low <= len(key) <= high:
+        return f"{expected}, not {len(key)}"
+    return None
+
+
 @dataclass(frozen=True)
 class WebhookSettings:
     # A whsec_... secret; empty means one is generated and kept in the data directory.
@@ -176,6 +200,9 @@ class WebhookSettings:
     retry_schedule: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
 
     def validate(self) -> None:
+        if self.secret:
+            problem = webhook_secret_problem(self.secret)
+            _check(problem is None, "webhook.secret", problem or "")
         _check(self.timeout > 0, "webhook.timeout", "must be positive")
         _check(len(self.retry_schedule) >= 1, "webhook.retry_schedule", "needs at least 1 entry")
         _check(

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, closing
 from datetime import UTC, datetime
 from pathlib import Path
@@ -312,7 +312,14 @@ class Database:
     # --- webhook deliveries -----------------------------------------------------
 
     async def add_delivery(
-        self, delivery_id: str, request_id: str, event_type: str, url: str, payload: str
+        self,
+        delivery_id: str,
+        request_id: str,
+        event_type: str,
+        url: str,
+        payload: str,
+        *,
+        next_attempt_at: float | None = None,
     ) -> None:
         stamp = now_iso()
         async with self.transaction() as conn:
@@ -326,7 +333,7 @@ class Database:
                     url,
                     payload,
                     DeliveryState.PENDING,
-                    time.time(),
+                    time.time() if next_attempt_at is None else next_attempt_at,
                     stamp,
                     stamp,
                 ),
@@ -372,6 +379,39 @@ class Database:
                 "last_status = ?, last_error = ?, updated_at = ? WHERE id = ?",
                 (state, next_attempt_at, last_status, last_error, now_iso(), delivery_id),
             )
+
+    async def next_pending_deliveries(
+        self, exclude: Collection[str], limit: int
+    ) -> list[tuple[str, float]]:
+        """Up to `limit` pending deliveries not in `exclude`, with due times, soonest first."""
+        marks = ", ".join("?" * len(exclude))
+        async with self.conn.execute(
+            "SELECT id, next_attempt_at FROM deliveries WHERE state = ? "
+            f"AND id NOT IN ({marks}) ORDER BY next_attempt_at LIMIT ?",
+            (DeliveryState.PENDING, *exclude, limit),
+        ) as cur:
+            return [(row[0], float(row[1] or 0)) async for row in cur]
+
+    async def requeue_delivery(self, delivery_id: str, next_attempt_at: float) -> None:
+        """Start a delivery over: pending, no attempts made, first attempt at `next_attempt_at`."""
+        async with self.transaction() as conn:
+            await conn.execute(
+                "UPDATE deliveries SET state = ?, attempts = 0, next_attempt_at = ?, "
+                "last_status = NULL, last_error = NULL, updated_at = ? WHERE id = ?",
+                (DeliveryState.PENDING, next_attempt_at, now_iso(), delivery_id),
+            )
+
+    async def finished_requests_without_delivery(self) -> list[str]:
+        """Finished requests with a webhook URL whose delivery was never created (a crash
+        between finishing the request and queueing its webhook), oldest first."""
+        async with self.conn.execute(
+            "SELECT requestId FROM requests r WHERE status IN (?, ?) "
+            "AND coalesce(webhookUrl, '') <> '' "
+            "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.request_id = r.requestId) "
+            "ORDER BY id",
+            (RequestStatus.COMPLETE, RequestStatus.FAILED),
+        ) as cur:
+            return [row[0] async for row in cur]
 
 
 # --- work done in a thread -------------------------------------------------------

@@ -15,6 +15,7 @@ from .config import Settings
 from .documents import status_document, status_url
 from .errors import CsvCompressError, NotFound, StorageError
 from .storage import LocalStorage
+from .webhook_routes import setup_webhook_routes
 
 log = logging.getLogger(__name__)
 
@@ -126,5 +127,6 @@ def setup_routes(app: web.Application, settings: Settings) -> None:
     app.router.add_post("/upload", upload)
     app.router.add_get("/status/{request_id}", status)
     app.router.add_get("/requests/{request_id}/output.csv", output_csv)
+    setup_webhook_routes(app)
     if settings.storage.backend == "local":
         app.router.add_get("/files/{key:.+}", stored_file)
