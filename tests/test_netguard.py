@@ -623,7 +623,10 @@ async def test_user_agent_is_sent(aiohttp_server: Callable[..., Awaitable[TestSe
     ("host", "message"),
     [
         ("10.0.0.5", "address not allowed: 10.0.0.5"),
-        ("::ffff:a00:5", "address not allowed: ::ffff:a00:5 (carries 10.0.0.5)"),
+        (
+            "::ffff:a00:5",
+            f"address not allowed: {ipaddress.ip_address('::ffff:a00:5')} (carries 10.0.0.5)",
+        ),
         ("fe80::1%25eth0", "address not allowed: fe80::1"),
         ("localhost", "address not allowed: 127.0.0.1"),
         ("0x7f.1", "address not allowed: 127.0.0.1"),
