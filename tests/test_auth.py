@@ -67,6 +67,13 @@ async def test_api_routes_refuse_without_the_key(
         assert got.status == 401
         assert await got.json() == REFUSAL
         assert got.headers["WWW-Authenticate"].startswith("Bearer")
+    # Routes under /requests/ other than the output CSV need the key too.
+    redeliver = f"{service.url}/requests/nope/webhook/redeliver"
+    async with service.client.post(redeliver, headers=headers) as got:
+        assert got.status == 401
+        assert await got.json() == REFUSAL
+    async with service.client.post(redeliver, headers=GOOD) as got:
+        assert got.status == 404
 
 
 async def test_the_key_opens_upload_and_status_but_output_stays_open(
@@ -118,6 +125,7 @@ async def test_unknown_paths_and_wrong_methods_are_not_401(create_service: Servi
         assert await got.json() == {"error": "Not Found"}
     async with service.client.get(f"{service.url}/files/nope/1-1.jpg") as got:
         assert got.status == 404
+        assert await got.json() == {"error": "no such file"}
     async with service.client.get(f"{service.url}/upload") as got:
         assert got.status == 405
         assert got.headers["Allow"] == "POST"
