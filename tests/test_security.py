@@ -8,7 +8,7 @@ RSS is sampled. The tests below then read the outcome:
 
 - the Errors cell of every attack row carries the exact reason;
 - no connection ever reached the forbidden listeners (127.0.0.1, 127.0.0.2, ::1);
-- the status answered quickly all along (p95 under STATUS_P95_LIMIT);
+- the status answered quickly all along (p95 and slowest answer under limits);
 - the peak RSS grew by less than RSS_GROWTH_LIMIT while 8 MiB-capped endless
   bodies, a gzip bomb and a 1.6-gigapixel PNG were processed;
 - the workers survived: a request sent afterwards completes, and the log has
@@ -49,7 +49,11 @@ from tests.conftest import csv_bytes, free_port
 ORIGIN_HOST = "127.0.0.3"
 MAX_BYTES = 8 * 1024 * 1024
 FETCH_TIMEOUT = 1.0
-STATUS_P95_LIMIT = 0.100  # seconds; generous, the machine is shared
+# Seconds. Measured p95: 7-40 ms, 80 ms with a load average of 7 on 2 cores (the
+# machine is shared); a loop blocked by a decode or a synchronous read shows up as
+# answers of a second or more, hence also the bound on the slowest answer.
+STATUS_P95_LIMIT = 0.150
+STATUS_MAX_LIMIT = 1.0
 RSS_GROWTH_LIMIT = 200 * 1024 * 1024
 ENDLESS_BODIES = 4
 GOOD = "good"
@@ -600,6 +604,7 @@ def test_status_stays_fast_under_attack(run: Run) -> None:
     )
     assert len(latencies) >= 10
     assert p95 < STATUS_P95_LIMIT
+    assert latencies[-1] < STATUS_MAX_LIMIT
 
 
 def test_memory_stays_bounded(run: Run) -> None:
