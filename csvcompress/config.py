@@ -31,6 +31,8 @@ ENV_PREFIX = "CSVCOMPRESS_"
 DEFAULT_CONFIG_PATH = Path("config.toml")
 
 MIB = 1024 * 1024
+# Shortest API key accepted: a short one could be guessed over HTTP.
+MIN_API_KEY_LENGTH = 16
 
 
 def _cpu_count() -> int:
@@ -53,6 +55,17 @@ class ServerSettings:
                 self.public_url.startswith(("http://", "https://")),
                 "server.public_url",
                 "must start with http:// or https://",
+            )
+        if self.api_key:
+            _check(
+                len(self.api_key) >= MIN_API_KEY_LENGTH,
+                "server.api_key",
+                f"must be at least {MIN_API_KEY_LENGTH} characters (or empty for no key)",
+            )
+            _check(
+                self.api_key.isascii() and self.api_key.isprintable() and " " not in self.api_key,
+                "server.api_key",
+                "must be printable ASCII without spaces",
             )
 
     @property

@@ -11,6 +11,7 @@ from aiohttp.typedefs import Handler
 
 from . import imaging, uploads
 from .app import SERVICE
+from .auth import setup_api_key
 from .config import Settings
 from .documents import status_document, status_url
 from .errors import CsvCompressError, NotFound, StorageError
@@ -123,6 +124,7 @@ async def index(request: web.Request) -> web.FileResponse:
 
 def setup_routes(app: web.Application, settings: Settings) -> None:
     app.middlewares.append(error_middleware)
+    setup_api_key(app, settings.server)
     app.router.add_get("/", index)
     app.router.add_post("/upload", upload)
     app.router.add_get("/status/{request_id}", status)
