@@ -82,6 +82,9 @@ class FakeCloudinary:
     # Seconds between storing an upload and answering it.
     answer_delay: float = 0.0
     unanswered: int = 0
+    # Upload requests being handled (a request that arrived whole is handled, and its
+    # upload stored, even if the client is gone).
+    handling: int = 0
     # Client (host, port) pairs seen: one per TCP connection.
     peers: set[tuple[str, int]] = field(default_factory=set)
     refusals: list[str] = field(default_factory=list)
@@ -130,14 +133,18 @@ class FakeCloudinary:
 
     async def _upload(self, request: web.Request) -> web.Response:
         self._saw(request)
-        form = await request.post()
-        fields = {k: v for k, v in form.items() if isinstance(v, str)}
-        upload = form.get("file")
-        attempt = Attempt(time.monotonic(), _full_public_id(fields), fields)
-        self.attempts.append(attempt)
-        response = await self._answer_upload(request, fields, upload)
-        attempt.status = response.status
-        return response
+        self.handling += 1
+        try:
+            form = await request.post()
+            fields = {k: v for k, v in form.items() if isinstance(v, str)}
+            upload = form.get("file")
+            attempt = Attempt(time.monotonic(), _full_public_id(fields), fields)
+            self.attempts.append(attempt)
+            response = await self._answer_upload(request, fields, upload)
+            attempt.status = response.status
+            return response
+        finally:
+            self.handling -= 1
 
     async def _answer_upload(
         self, request: web.Request, fields: dict[str, str], upload: Any

@@ -267,10 +267,17 @@ async def test_kill_during_uploads_and_restart_leaves_no_duplicates(
                 return bool(done >= 4 and fake.unanswered > 0)
 
             await _wait_for(some_done_and_one_unanswered)
+            # At once, while that upload waits for its answer.
+            proc.send_signal(signal.SIGKILL)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
 
+    async def fake_is_idle() -> bool:
+        # Uploads that arrived whole before the kill are still stored: let them land.
+        return fake.handling == 0
+
+    await _wait_for(fake_is_idle)
     with sqlite3.connect(tmp_path / "data" / "db.sqlite3") as conn:
         (recorded,) = conn.execute(
             "SELECT count(*) FROM images WHERE status = 'succeeded'"
