@@ -43,9 +43,10 @@ SERVICE = web.AppKey("service", Service)
 async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     imaging.configure(concurrency=1)
+    # First, so a storage that cannot be configured stops the start before anything opens.
+    storage = create_storage(settings)
     database = Database(settings.database.path)
     await database.open()
-    storage = create_storage(settings)
     await storage.start()
     guard = NetGuard(settings.fetch)
     session = create_session(settings.fetch, guard)

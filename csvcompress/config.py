@@ -84,13 +84,38 @@ class DatabaseSettings:
 
 @dataclass(frozen=True)
 class CloudinarySettings:
+    # Empty keys come from $CLOUDINARY_URL (cloudinary://api_key:api_secret@cloud_name).
     cloud_name: str = ""
     api_key: str = ""
-    api_secret: str = ""
+    api_secret: str = field(default="", repr=False)
+    # Prepended to every public ID: <folder>/<request_id>/<row>-<position>.
     folder: str = "csvcompress"
-    # Where the upload API lives; tests point it at a local fake.
+    # Where the API lives; empty means https://api.cloudinary.com (tests point it at a fake).
     upload_prefix: str = ""
+    # Uploads in flight at once, across all requests.
     concurrency: int = 8
+    # Seconds one API call may take.
+    timeout: float = 60.0
+    # Tries per upload on connection errors, 5xx and 429, back-off doubling from `backoff`.
+    attempts: int = 5
+    backoff: float = 1.0
+
+    def validate(self) -> None:
+        if self.upload_prefix:
+            _check(
+                self.upload_prefix.startswith(("http://", "https://")),
+                "storage.cloudinary.upload_prefix",
+                "must start with http:// or https://",
+            )
+        _check(
+            ".." not in self.folder.split("/"),
+            "storage.cloudinary.folder",
+            'must not contain ".."',
+        )
+        _check(self.concurrency >= 1, "storage.cloudinary.concurrency", "must be at least 1")
+        _check(self.timeout > 0, "storage.cloudinary.timeout", "must be positive")
+        _check(self.attempts >= 1, "storage.cloudinary.attempts", "must be at least 1")
+        _check(self.backoff >= 0, "storage.cloudinary.backoff", "must be 0 or more")
 
 
 @dataclass(frozen=True)
@@ -106,6 +131,7 @@ class StorageSettings:
             "storage.backend",
             'must be "local", "cloudinary" or "null"',
         )
+        self.cloudinary.validate()
 
 
 OUTPUT_FORMATS = ("keep", "jpeg", "webp", "avif", "png")
@@ -324,8 +350,18 @@ def replace_settings(settings: Settings, **sections: Mapping[str, Any]) -> Setti
     changed = {}
     for name, values in sections.items():
         section = getattr(settings, name)
-        changed[name] = dataclasses.replace(section, **values)
+        changed[name] = _replace(section, values)
     return dataclasses.replace(settings, **changed).validate()
+
+
+def _replace(obj: Any, values: Mapping[str, Any]) -> Any:
+    # Nested tables are merged, not swapped: storage={"cloudinary": {"folder": "x"}} works.
+    changed = {}
+    for name, value in values.items():
+        current = getattr(obj, name)
+        nested = dataclasses.is_dataclass(current) and isinstance(value, Mapping)
+        changed[name] = _replace(current, value) if nested else value
+    return dataclasses.replace(obj, **changed)
 
 
 def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:

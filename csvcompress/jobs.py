@@ -29,7 +29,7 @@ from . import csv_input, db, imaging
 from .config import LimitSettings, Settings
 from .csv_input import ImageOutcome
 from .db import Database
-from .errors import CsvCompressError, StorageError
+from .errors import CsvCompressError, StorageError, StorageRejected
 from .fetcher import Fetcher
 from .models import ImageJob, ImageResult, RequestStatus
 from .storage import Storage
@@ -147,8 +147,13 @@ class Processor:
         self._fetcher = fetcher
         self._storage = storage
         self._pool = pool
+        # Requests whose storage refused every write, and why: their other images fail
+        # with that reason at once instead of being fetched and compressed for nothing.
+        self._rejected: dict[str, str] = {}
 
     async def process(self, job: ImageJob) -> ImageResult:
+        if (reason := self._rejected.get(job.request_id)) is not None:
+            return ImageResult(output_url=None, error=reason, error_code=StorageRejected.code)
         try:
             fetched = await self._fetcher.fetch(job.url)
             loop = asyncio.get_running_loop()
@@ -157,11 +162,28 @@ class Processor:
             )
             key = f"{job.request_id}/{job.row + 1}-{job.position + 1}{out.extension}"
             url = await self._store(key, out.data, out.content_type)
+        except StorageRejected as exc:
+            self._reject(job.request_id, exc)
+            return ImageResult(output_url=None, error=exc.message, error_code=exc.code)
         except CsvCompressError as exc:
             return ImageResult(output_url=None, error=exc.message, error_code=exc.code)
         return ImageResult(
             output_url=url, error=None, bytes_in=len(fetched.data), bytes_out=len(out.data)
         )
+
+    def _reject(self, request_id: str, exc: StorageRejected) -> None:
+        # Several images may be refused at once; the request's log says it once.
+        if request_id not in self._rejected:
+            self._rejected[request_id] = exc.message
+            log.error(
+                "request %s: %s; its other images fail without being processed",
+                request_id,
+                exc.message,
+            )
+
+    def forget(self, request_id: str) -> None:
+        """The request is finished: drop what was remembered about it."""
+        self._rejected.pop(request_id, None)
 
     async def _store(self, key: str, data: bytes, content_type: str) -> str:
         for attempt in range(1, STORE_ATTEMPTS + 1):
@@ -241,6 +263,7 @@ class JobQueue:
 
     async def _finish(self, request_id: str) -> None:
         """Write the output CSV, then mark the request finished, then notify."""
+        self._processor.forget(request_id)
         counts = await self._db.get_counts(request_id)
         if counts.pending:
             # Images left pending by an internal error: leave them for the next start.
