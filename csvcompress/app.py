@@ -47,15 +47,16 @@ SERVICE = web.AppKey("service", Service)
 async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     imaging.configure(concurrency=1)
+    # First, so a storage that cannot be configured stops the start before anything opens.
+    storage = create_storage(settings)
     database = Database(settings.database.path)
     await database.open()
-    storage = create_storage(settings)
     await storage.start()
     guard = NetGuard(settings.fetch)
     session = create_session(settings.fetch, guard)
     pool = ThreadPoolExecutor(settings.workers.thread_count, thread_name_prefix="vips")
     metrics = Metrics()
-    webhooks = WebhookSender(settings, database, session, metrics)
+    webhooks = WebhookSender(settings, database, guard, metrics)
     processor = Processor(settings, Fetcher(settings.fetch, session), storage, pool, metrics)
     queue = JobQueue(
         settings, database, processor, on_finished=webhooks.request_finished, metrics=metrics

@@ -16,7 +16,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, closing
 from datetime import UTC, datetime
 from pathlib import Path
@@ -318,7 +318,8 @@ class Database:
     async def requeue(self, request_id: str) -> int | None:
         """Put a finished request's failed and skipped images back to pending.
 
-        The request becomes pending again, without output CSV. Returns how many
+        The request becomes pending again, without output CSV or webhook delivery
+        (the next finish queues a new one). Returns how many
         images were re-queued, or None when the request is unknown or not finished.
         """
         stamp = now_iso()
@@ -331,6 +332,9 @@ class Database:
             )
             if cur.rowcount == 0:
                 return None
+            # The event sent for the earlier finish is superseded (one not delivered yet is
+            # dropped): when the request finishes again, a new event is queued.
+            await conn.execute("DELETE FROM deliveries WHERE request_id = ?", (request_id,))
             cur = await conn.execute(
                 "UPDATE images SET status = ?, output_url = NULL, error = NULL, "
                 "error_code = NULL, bytes_in = 0, bytes_out = 0, updated_at = ? "
@@ -457,7 +461,14 @@ class Database:
     # --- webhook deliveries -----------------------------------------------------
 
     async def add_delivery(
-        self, delivery_id: str, request_id: str, event_type: str, url: str, payload: str
+        self,
+        delivery_id: str,
+        request_id: str,
+        event_type: str,
+        url: str,
+        payload: str,
+        *,
+        next_attempt_at: float | None = None,
     ) -> None:
         stamp = now_iso()
         async with self.transaction() as conn:
@@ -471,7 +482,7 @@ class Database:
                     url,
                     payload,
                     DeliveryState.PENDING,
-                    time.time(),
+                    time.time() if next_attempt_at is None else next_attempt_at,
                     stamp,
                     stamp,
                 ),
@@ -517,6 +528,39 @@ class Database:
                 "last_status = ?, last_error = ?, updated_at = ? WHERE id = ?",
                 (state, next_attempt_at, last_status, last_error, now_iso(), delivery_id),
             )
+
+    async def next_pending_deliveries(
+        self, exclude: Collection[str], limit: int
+    ) -> list[tuple[str, float]]:
+        """Up to `limit` pending deliveries not in `exclude`, with due times, soonest first."""
+        marks = ", ".join("?" * len(exclude))
+        async with self.conn.execute(
+            "SELECT id, next_attempt_at FROM deliveries WHERE state = ? "
+            f"AND id NOT IN ({marks}) ORDER BY next_attempt_at LIMIT ?",
+            (DeliveryState.PENDING, *exclude, limit),
+        ) as cur:
+            return [(row[0], float(row[1] or 0)) async for row in cur]
+
+    async def requeue_delivery(self, delivery_id: str, next_attempt_at: float) -> None:
+        """Start a delivery over: pending, no attempts made, first attempt at `next_attempt_at`."""
+        async with self.transaction() as conn:
+            await conn.execute(
+                "UPDATE deliveries SET state = ?, attempts = 0, next_attempt_at = ?, "
+                "last_status = NULL, last_error = NULL, updated_at = ? WHERE id = ?",
+                (DeliveryState.PENDING, next_attempt_at, now_iso(), delivery_id),
+            )
+
+    async def finished_requests_without_delivery(self) -> list[str]:
+        """Finished requests with a webhook URL whose delivery was never created (a crash
+        between finishing the request and queueing its webhook), oldest first."""
+        async with self.conn.execute(
+            "SELECT requestId FROM requests r WHERE status IN (?, ?, ?) "
+            "AND coalesce(webhookUrl, '') <> '' "
+            "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.request_id = r.requestId) "
+            "ORDER BY id",
+            (RequestStatus.COMPLETE, RequestStatus.FAILED, RequestStatus.CANCELLED),
+        ) as cur:
+            return [row[0] async for row in cur]
 
 
 # --- work done in a thread -------------------------------------------------------

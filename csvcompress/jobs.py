@@ -29,7 +29,7 @@ from . import csv_input, db, imaging
 from .config import LimitSettings, Settings
 from .csv_input import ImageOutcome
 from .db import Database
-from .errors import CsvCompressError, StorageError
+from .errors import CsvCompressError, StorageError, StorageRejected
 from .fetcher import Fetcher
 from .logs import REQUEST_ID
 from .metrics import Metrics
@@ -173,8 +173,13 @@ class Processor:
         self._storage = storage
         self._pool = pool
         self._metrics = metrics or Metrics()
+        # Requests whose storage refused every write, and why: their other images fail
+        # with that reason at once instead of being fetched and compressed for nothing.
+        self._rejected: dict[str, str] = {}
 
     async def process(self, job: ImageJob) -> ImageResult:
+        if (reason := self._rejected.get(job.request_id)) is not None:
+            return ImageResult(output_url=None, error=reason, error_code=StorageRejected.code)
         stage = self._metrics.stage
         try:
             with stage("download"):
@@ -187,11 +192,28 @@ class Processor:
             key = f"{job.request_id}/{job.row + 1}-{job.position + 1}{out.extension}"
             with stage("store"):
                 url = await self._store(key, out.data, out.content_type)
+        except StorageRejected as exc:
+            self._reject(job.request_id, exc)
+            return ImageResult(output_url=None, error=exc.message, error_code=exc.code)
         except CsvCompressError as exc:
             return ImageResult(output_url=None, error=exc.message, error_code=exc.code)
         return ImageResult(
             output_url=url, error=None, bytes_in=len(fetched.data), bytes_out=len(out.data)
         )
+
+    def _reject(self, request_id: str, exc: StorageRejected) -> None:
+        # Several images may be refused at once; the request's log says it once.
+        if request_id not in self._rejected:
+            self._rejected[request_id] = exc.message
+            log.error(
+                "request %s: %s; its other images fail without being processed",
+                request_id,
+                exc.message,
+            )
+
+    def forget(self, request_id: str) -> None:
+        """The request is finished: drop what was remembered about it."""
+        self._rejected.pop(request_id, None)
 
     async def _store(self, key: str, data: bytes, content_type: str) -> str:
         for attempt in range(1, STORE_ATTEMPTS + 1):
@@ -305,7 +327,14 @@ class JobQueue:
             try:
                 result = await self._processor.process(job)
                 if result.error:
-                    log.info("image %s failed (%s): %s", job.url, result.error_code, result.error)
+                    # The reason goes as a field (JSON logs show it), not in the message: a
+                    # reason shared by every image of a request is logged once, where it arises.
+                    log.info(
+                        "image %s failed (%s)",
+                        job.url,
+                        result.error_code,
+                        extra={"error": result.error},
+                    )
                 images = await self._db.record_image(job, result)
                 self._metrics.image_recorded(result, images)
             except asyncio.CancelledError:
@@ -330,6 +359,7 @@ class JobQueue:
     async def _finish(self, request_id: str) -> None:
         """Write the output CSV, then mark the request finished, then notify."""
         REQUEST_ID.set(request_id)  # in this task's own context
+        self._processor.forget(request_id)
         counts = await self._db.get_counts(request_id)
         if counts.pending:
             # Images left pending by a stop or an internal error: leave them for the next start.

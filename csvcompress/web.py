@@ -11,12 +11,14 @@ from aiohttp.typedefs import Handler
 
 from . import imaging, uploads
 from .app import SERVICE
+from .auth import setup_api_key
 from .config import Settings
 from .control import setup_control_routes
 from .documents import status_document, status_url
 from .errors import CsvCompressError, NotFound, StorageError
 from .ops import setup_ops_routes
 from .storage import LocalStorage
+from .webhook_routes import setup_webhook_routes
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +126,12 @@ async def index(request: web.Request) -> web.FileResponse:
 
 def setup_routes(app: web.Application, settings: Settings) -> None:
     app.middlewares.append(error_middleware)
+    setup_api_key(app, settings.server)
     app.router.add_get("/", index)
     app.router.add_post("/upload", upload)
     app.router.add_get("/status/{request_id}", status)
     app.router.add_get("/requests/{request_id}/output.csv", output_csv)
+    setup_webhook_routes(app)
     if settings.storage.backend == "local":
         app.router.add_get("/files/{key:.+}", stored_file)
     setup_ops_routes(app)

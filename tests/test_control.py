@@ -163,6 +163,7 @@ async def test_retry_requeues_only_the_failed_images_and_writes_a_new_csv(
     first = await service.wait(request_id)
     assert first["images"] == {"total": 3, "succeeded": 1, "failed": 2, "pending": 0}
     good_url = (await service.output_rows(first))[0]["Output Image Urls"].split(", ")[0]
+    await hook_receiver.wait_for(1)
 
     broken = False
     status, body = await _retry(service, request_id)

@@ -55,6 +55,7 @@ async def test_json_lines_carry_the_request_id_and_no_secret(
     # Careless lines of the kind that leak secrets: a settings dump, a header, an error.
     log = logging.getLogger("csvcompress.careless")
     log.warning("settings: %r", settings)
+    log.warning("signing with %s, uploading with %s", WEBHOOK_SECRET, CLOUDINARY_SECRET)
     log.warning("sent Authorization: Bearer %s", API_KEY)
     try:
         raise RuntimeError(f"could not reach {CLOUDINARY_URL}/upload (key {CLOUDINARY_KEY})")
@@ -67,17 +68,19 @@ async def test_json_lines_carry_the_request_id_and_no_secret(
     lines = [json.loads(line) for line in text.splitlines()]
     assert {"level", "logger", "message", "request_id", "timestamp"} <= set(lines[0])
     careless = [line for line in lines if line["logger"] == "csvcompress.careless"]
-    assert len(careless) == 3
-    assert "api_secret='[redacted]'" in careless[0]["message"]
-    assert "webhook" in careless[0]["message"] and "secret='[redacted]'" in careless[0]["message"]
-    assert careless[1]["message"] == "sent Authorization: Bearer [redacted]"
-    assert "could not reach [redacted]/upload (key [redacted])" in careless[2]["exc_info"]
+    assert len(careless) == 4
+    assert "CloudinarySettings(cloud_name='', api_key='[redacted]'" in careless[0]["message"]
+    assert "WebhookSettings(secret='[redacted]'" in careless[0]["message"]
+    assert careless[1]["message"] == "signing with [redacted], uploading with [redacted]"
+    assert careless[2]["message"] == "sent Authorization: Bearer [redacted]"
+    assert "could not reach [redacted]/upload (key [redacted])" in careless[3]["exc_info"]
 
     failed = [line for line in lines if "gone.jpg failed" in line["message"]]
     assert len(failed) == 1
     assert failed[0]["request_id"] == request_id
     assert failed[0]["level"] == "INFO"
-    assert failed[0]["message"].endswith("failed (fetch): HTTP 404 from origin")
+    assert failed[0]["message"].endswith("gone.jpg failed (fetch)")
+    assert failed[0]["error"] == "HTTP 404 from origin"
     finished = [line for line in lines if line["message"].endswith("output CSV written")]
     assert [line["request_id"] for line in finished] == [request_id]
 
