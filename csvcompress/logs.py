@@ -9,7 +9,8 @@ Secrets are removed from the finished line, whatever produced it (a message,
 an argument, an exception's text): the values configured (API key, Cloudinary
 key and secret, webhook secret, CLOUDINARY_URL), anything registered later
 with `add_secret`, and text shaped like a credential (``Bearer …``,
-``whsec_…``, ``cloudinary://key:secret@…``, ``api_secret=…``).
+``whsec_…``, ``Authorization: Basic …``, ``cloudinary://key:secret@…``,
+``api_secret=…``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ JSON_RENAMES = {"levelname": "level", "name": "logger"}
 # Credential-shaped text, redacted whether or not its value is known. Group 1 is kept.
 SECRET_PATTERNS = (
     re.compile(r"(?i)(\bbearer\s+)[^\s\"',;]+"),
+    re.compile(r"(?i)(\bauthorization[\"']?\s*[:=]\s*[\"']?basic\s+)[^\s\"',;]+"),
     re.compile(r"(?i)(cloudinary://[^\s:/@]*:)[^\s@]+(?=@)"),
     re.compile(r"()\bwhsec_[A-Za-z0-9+/=_-]+"),
     re.compile(

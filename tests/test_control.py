@@ -217,3 +217,22 @@ async def test_retry_is_refused_when_there_is_nothing_to_retry(
         {"error": f"request {running} has no failed images to retry"},
     )
     assert await _retry(service, "0" * 32) == (404, {"error": f"no request with id {'0' * 32}"})
+
+
+async def test_control_routes_need_the_api_key_when_one_is_set(
+    create_service: ServiceFactory,
+) -> None:
+    key = "k" * 32
+    service = await create_service(server={"api_key": key})
+    request_id = "0" * 32
+    for method, path in (("DELETE", ""), ("POST", "/retry")):
+        url = f"{service.url}/requests/{request_id}{path}"
+        async with service.client.request(method, url) as resp:
+            assert resp.status == 401, (method, path)
+        headers = {"Authorization": f"Bearer {key}"}
+        async with service.client.request(method, url, headers=headers) as resp:
+            assert resp.status == 404, (method, path)
+    async with service.client.get(f"{service.url}/healthz") as resp:
+        assert resp.status == 200
+    async with service.client.get(f"{service.url}/metrics") as resp:
+        assert resp.status == 200

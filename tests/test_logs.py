@@ -109,6 +109,9 @@ def test_known_secrets_and_credential_shapes_are_redacted() -> None:
     # JSON escapes quotes and backslashes; the escaped spelling goes too.
     assert redactor(json.dumps({"v": 'p"ss\\word'})) == '{"v": "[redacted]"}'
     assert redactor("Authorization: Bearer abc.def") == "Authorization: Bearer [redacted]"
+    assert redactor("{'Authorization': 'Basic a2V5OnNlY3JldA=='}") == (
+        "{'Authorization': 'Basic [redacted]'}"
+    )
     assert redactor("new whsec_abc+/= made") == "new [redacted] made"
     assert redactor("cloudinary://k:s3cr3t@cloud") == "cloudinary://k:[redacted]@cloud"
     assert (
