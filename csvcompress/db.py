@@ -28,6 +28,7 @@ from .models import (
     DeliveryState,
     ImageCounts,
     ImageJob,
+    ImageRecord,
     ImageResult,
     ImageStatus,
     RequestRecord,
@@ -134,6 +135,9 @@ _REQUEST_COLUMNS = (
 )
 
 
+# Above every requests.id: where a newest-first listing starts.
+_NO_CURSOR = 2**63 - 1
+
 _DELIVERY_COLUMNS = "id, request_id, url, state, attempts, next_attempt_at, last_status, last_error"
 
 
@@ -227,6 +231,26 @@ class Database:
             return ImageCounts()
         return ImageCounts(total=row[0], succeeded=row[1], failed=row[2])
 
+    async def list_requests(
+        self, *, status: RequestStatus | None, before: int | None, limit: int
+    ) -> list[tuple[int, RequestRecord, ImageCounts]]:
+        """Requests newest first, as (position for the next page's `before`, record, counts)."""
+        where = ["id < ?"]
+        params: list[int | str] = [before if before is not None else _NO_CURSOR]
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        async with self.conn.execute(
+            f"SELECT id, images_total, images_succeeded, images_failed, {_REQUEST_COLUMNS} "
+            f"FROM requests WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
+            (*params, limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [
+            (row[0], _request_from_row(row[4:]), ImageCounts(row[1], row[2], row[3]))
+            for row in rows
+        ]
+
     async def unfinished_request_ids(self) -> list[str]:
         """Requests to resume at start, oldest first."""
         async with self.conn.execute(
@@ -308,6 +332,30 @@ class Database:
                 ),
             )
         return changed
+
+    async def image_page(self, request_id: str, after: int, limit: int) -> list[ImageRecord]:
+        """A request's images in input order, from the first with an id above `after`."""
+        async with self.conn.execute(
+            "SELECT id, row, position, url, status, output_url, error, error_code, bytes_in, "
+            "bytes_out FROM images WHERE request_id = ? AND id > ? ORDER BY id LIMIT ?",
+            (request_id, after, limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [
+            ImageRecord(
+                id=row[0],
+                row=row[1],
+                position=row[2],
+                url=row[3],
+                status=ImageStatus(row[4]),
+                output_url=row[5],
+                error=row[6],
+                error_code=row[7],
+                bytes_in=row[8],
+                bytes_out=row[9],
+            )
+            for row in rows
+        ]
 
     # --- webhook deliveries -----------------------------------------------------
 

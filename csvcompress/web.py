@@ -9,7 +9,7 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from . import imaging, uploads
+from . import api, imaging, uploads
 from .app import SERVICE
 from .config import Settings
 from .documents import status_document, status_url
@@ -123,6 +123,7 @@ async def index(request: web.Request) -> web.FileResponse:
 def setup_routes(app: web.Application, settings: Settings) -> None:
     app.middlewares.append(error_middleware)
     app.router.add_get("/", index)
+    api.setup_api_routes(app)
     app.router.add_post("/upload", upload)
     app.router.add_get("/status/{request_id}", status)
     app.router.add_get("/requests/{request_id}/output.csv", output_csv)
