@@ -1,4 +1,4 @@
-"""JSON routes for browsing: the list of requests and one request's images.
+"""JSON routes for browsing: the list of requests, one request's images, the OpenAPI document.
 
 Both lists page with an opaque `cursor`: pass a page's `next_cursor` back to get the
 next page; `next_cursor` is null on the last one. Cursors are row ids, so a page
@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import openapi
 from .app import SERVICE
 from .documents import request_data, status_url
 from .errors import BadRequest, NotFound
@@ -104,6 +105,12 @@ async def request_images(request: web.Request) -> web.Response:
     )
 
 
+async def openapi_json(request: web.Request) -> web.Response:
+    base = request.app[SERVICE].settings.server.base_url
+    return web.json_response(openapi.document(base))
+
+
 def setup_api_routes(app: web.Application) -> None:
     app.router.add_get("/requests", list_requests)
     app.router.add_get("/requests/{request_id}/images", request_images)
+    app.router.add_get("/openapi.json", openapi_json)
