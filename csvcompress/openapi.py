@@ -189,6 +189,14 @@ PATHS: dict[str, dict[str, Any]] = {
             "responses": {"200": {"description": "HTML", "content": _HTML}},
         }
     },
+    "/requests/{request_id}": {
+        "parameters": [_REQUEST_ID_PARAM],
+        "get": {
+            "tags": ["pages"],
+            "summary": "A request's live progress and results (HTML; data comes from the API)",
+            "responses": {"200": {"description": "HTML", "content": _HTML}},
+        },
+    },
     "/upload": {
         "post": {
             "tags": ["requests"],

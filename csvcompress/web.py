@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from . import api, imaging, uploads
+from . import api, imaging, pages, uploads
 from .app import SERVICE
 from .config import Settings
 from .documents import status_document, status_url
@@ -18,7 +17,6 @@ from .storage import LocalStorage
 
 log = logging.getLogger(__name__)
 
-STATIC_DIR = Path(__file__).parent / "static"
 KEPT_ERROR_HEADERS = frozenset({"Allow", "WWW-Authenticate", "Retry-After", "Location"})
 
 
@@ -116,13 +114,9 @@ async def stored_file(request: web.Request) -> web.FileResponse:
     )
 
 
-async def index(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(STATIC_DIR / "index.html")
-
-
 def setup_routes(app: web.Application, settings: Settings) -> None:
     app.middlewares.append(error_middleware)
-    app.router.add_get("/", index)
+    pages.setup_page_routes(app)
     api.setup_api_routes(app)
     app.router.add_post("/upload", upload)
     app.router.add_get("/status/{request_id}", status)

@@ -176,6 +176,7 @@ async def test_live_responses_match_the_document(
 
     for path in (
         "/",
+        f"/requests/{finished}",
         f"/status/{finished}",
         "/status/nope",
         "/requests",
