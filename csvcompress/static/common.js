@@ -105,6 +105,7 @@ export function formatBytes(n) {
 
 export function formatDuration(seconds) {
   if (!Number.isFinite(seconds) || seconds < 0) return "–";
+  if (seconds < 1) return "< 1 s";
   const s = Math.round(seconds);
   if (s < 60) return `${s} s`;
   const m = Math.floor(s / 60);

@@ -81,6 +81,10 @@ function liveRate(done) {
   return seconds >= 1.5 ? (done - doneThen) / seconds : null;
 }
 
+function about(seconds) {
+  return seconds < 1 ? "< 1 s" : `~${formatDuration(seconds)}`;
+}
+
 function elapsedSeconds(doc) {
   return (new Date(doc.updated_at) - new Date(doc.created_at)) / 1000;
 }
@@ -117,7 +121,7 @@ function render(doc) {
     const rate = liveRate(done);
     $("stat-rate").textContent = rate === null ? "measuring…" : formatRate(rate);
     $("stat-eta").textContent =
-      rate === null ? "estimating…" : rate > 0 ? `~${formatDuration(pending / rate)}` : "–";
+      rate === null ? "estimating…" : rate > 0 ? about(pending / rate) : "–";
   }
   renderWebhook(doc.webhook);
 }
