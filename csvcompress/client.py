@@ -29,7 +29,8 @@ READ_TIMEOUT = 120.0
 DOWNLOAD_CHUNK = 256 * 1024
 UNREACHABLE_PATIENCE = 60.0
 """Seconds `wait` keeps polling a service that stopped answering."""
-FINISHED = frozenset({"complete", "failed"})
+# Any other state is final: complete, failed, and states added later (cancelled).
+RUNNING = frozenset({"pending", "processing"})
 
 
 class ClientError(Exception):
@@ -51,7 +52,7 @@ def problem_line(problem: Problem) -> str:
 
 
 def is_finished(doc: dict[str, Any]) -> bool:
-    return str(doc.get("status")) in FINISHED
+    return str(doc.get("status")) not in RUNNING
 
 
 class Client:
