@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 import aiohttp
@@ -49,37 +50,37 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     imaging.configure(concurrency=1)
     # First, so a storage that cannot be configured stops the start before anything opens.
     storage = create_storage(settings)
-    database = Database(settings.database.path)
-    await database.open()
-    await storage.start()
-    guard = NetGuard(settings.fetch)
-    session = create_session(settings.fetch, guard)
-    pool = ThreadPoolExecutor(settings.workers.thread_count, thread_name_prefix="vips")
-    metrics = Metrics()
-    webhooks = WebhookSender(settings, database, guard, metrics)
-    processor = Processor(settings, Fetcher(settings.fetch, session), storage, pool, metrics)
-    queue = JobQueue(
-        settings, database, processor, on_finished=webhooks.request_finished, metrics=metrics
-    )
-    retention = Retention(settings, database, storage, queue)
-    service = Service(
-        settings, database, storage, guard, session, pool, queue, webhooks, metrics, retention
-    )
-    app[SERVICE] = service
-    await webhooks.start()
-    await queue.start()
-    await retention.start()
-    log.info("csvcompress ready on %s", settings.server.base_url)
-    try:
+    # Whatever opened is closed again, in reverse order, even when a later step fails
+    # the start: an open aiosqlite thread would otherwise keep the process from exiting.
+    async with AsyncExitStack() as stack:
+        database = Database(settings.database.path)
+        await database.open()
+        stack.push_async_callback(database.close)
+        await storage.start()
+        stack.push_async_callback(storage.close)
+        guard = NetGuard(settings.fetch)
+        session = create_session(settings.fetch, guard)
+        stack.push_async_callback(session.close)
+        pool = ThreadPoolExecutor(settings.workers.thread_count, thread_name_prefix="vips")
+        stack.callback(pool.shutdown, wait=True, cancel_futures=True)
+        metrics = Metrics()
+        webhooks = WebhookSender(settings, database, guard, metrics)
+        processor = Processor(settings, Fetcher(settings.fetch, session), storage, pool, metrics)
+        queue = JobQueue(
+            settings, database, processor, on_finished=webhooks.request_finished, metrics=metrics
+        )
+        retention = Retention(settings, database, storage, queue)
+        app[SERVICE] = Service(
+            settings, database, storage, guard, session, pool, queue, webhooks, metrics, retention
+        )
+        stack.push_async_callback(webhooks.close)
+        await webhooks.start()
+        stack.push_async_callback(queue.stop)
+        await queue.start()
+        stack.push_async_callback(retention.close)
+        await retention.start()
+        log.info("csvcompress ready on %s", settings.server.base_url)
         yield
-    finally:
-        await retention.close()
-        await queue.stop()
-        await webhooks.close()
-        pool.shutdown(wait=True, cancel_futures=True)
-        await session.close()
-        await storage.close()
-        await database.close()
 
 
 def create_app(settings: Settings) -> web.Application:

@@ -27,17 +27,28 @@ from .config import ServerSettings
 
 # Path templates (as routes are declared) that need the key, with everything below them.
 PROTECTED_PREFIXES = ("/upload", "/status", "/requests")
-# Routes under a protected prefix that stay open; matched against the route's template.
-OPEN_ROUTES = (re.compile(r"/requests/\{[^}/]+\}/output\.csv"),)
+# Routes under a protected prefix that stay open for reading; matched against the
+# route's template. The request page is HTML with no data in it (its script asks the
+# API with the key); the output CSV is an unguessable link also handed to webhooks.
+# DELETE on the page's template stays protected: only reads are open.
+OPEN_ROUTES = (
+    re.compile(r"/requests/\{[^}/]+\}/output\.csv"),
+    re.compile(r"/requests/\{[^}/]+\}"),
+)
+READ_METHODS = frozenset({"GET", "HEAD"})
 
 UNAUTHORIZED_MESSAGE = "missing or wrong API key"
 _BEARER = "bearer "
 
 
-def is_protected(template: str) -> bool:
-    """Whether the route declared with path `template` needs the API key."""
+def is_protected(template: str, method: str = "GET") -> bool:
+    """Whether `method` on the route declared with path `template` needs the API key."""
     under = any(template == p or template.startswith(p + "/") for p in PROTECTED_PREFIXES)
-    return under and not any(pattern.fullmatch(template) for pattern in OPEN_ROUTES)
+    if not under:
+        return False
+    if method not in READ_METHODS:
+        return True
+    return not any(pattern.fullmatch(template) for pattern in OPEN_ROUTES)
 
 
 def key_matches(authorization: str | None, api_key: str) -> bool:
@@ -60,7 +71,7 @@ def api_key_middleware(settings: ServerSettings) -> Middleware | None:
     @web.middleware
     async def require_api_key(request: web.Request, handler: Handler) -> web.StreamResponse:
         resource = request.match_info.route.resource
-        if resource is None or not is_protected(resource.canonical):
+        if resource is None or not is_protected(resource.canonical, request.method):
             return await handler(request)
         if key_matches(request.headers.get("Authorization"), api_key):
             return await handler(request)

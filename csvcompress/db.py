@@ -29,6 +29,7 @@ from .models import (
     DeliveryState,
     ImageCounts,
     ImageJob,
+    ImageRecord,
     ImageResult,
     ImageStatus,
     RequestRecord,
@@ -157,6 +158,9 @@ _REQUEST_COLUMNS = (
 )
 
 
+# Above every requests.id: where a newest-first listing starts.
+_NO_CURSOR = 2**63 - 1
+
 _DELIVERY_COLUMNS = "id, request_id, url, state, attempts, next_attempt_at, last_status, last_error"
 
 
@@ -219,6 +223,20 @@ class Database:
             raise RuntimeError("database is not open")
         return self._conn
 
+    async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Run a query to its end in one call on the connection's thread.
+
+        Every read goes through here: a statement left open across an await (a cursor
+        read with fetchone, then closed later) would pin its snapshot for every other
+        statement on this shared connection, so a read could miss an upload committed
+        meanwhile, and BEGIN IMMEDIATE would fail at once with SQLITE_BUSY_SNAPSHOT.
+        """
+        return list(await self.conn.execute_fetchall(sql, params))
+
+    async def _row(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        rows = await self._rows(sql, params)
+        return rows[0] if rows else None
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         async with self._write_lock:
@@ -233,30 +251,48 @@ class Database:
     # --- requests ---------------------------------------------------------------
 
     async def get_request(self, request_id: str) -> RequestRecord | None:
-        async with self.conn.execute(
+        row = await self._row(
             f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE requestId = ?", (request_id,)
-        ) as cur:
-            row = await cur.fetchone()
+        )
         return _request_from_row(row) if row else None
 
     async def get_counts(self, request_id: str) -> ImageCounts:
-        async with self.conn.execute(
+        row = await self._row(
             "SELECT images_total, images_succeeded, images_failed, images_skipped FROM requests "
             "WHERE requestId = ?",
             (request_id,),
-        ) as cur:
-            row = await cur.fetchone()
+        )
         if row is None:
             return ImageCounts()
         return ImageCounts(total=row[0], succeeded=row[1], failed=row[2], skipped=row[3])
 
+    async def list_requests(
+        self, *, status: RequestStatus | None, before: int | None, limit: int
+    ) -> list[tuple[int, RequestRecord, ImageCounts]]:
+        """Requests newest first, as (position for the next page's `before`, record, counts)."""
+        where = ["id < ?"]
+        params: list[int | str] = [before if before is not None else _NO_CURSOR]
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        rows = await self._rows(
+            "SELECT id, images_total, images_succeeded, images_failed, images_skipped, "
+            f"{_REQUEST_COLUMNS} FROM requests WHERE {' AND '.join(where)} "
+            "ORDER BY id DESC LIMIT ?",
+            (*params, limit),
+        )
+        return [
+            (row[0], _request_from_row(row[5:]), ImageCounts(row[1], row[2], row[3], row[4]))
+            for row in rows
+        ]
+
     async def unfinished_request_ids(self) -> list[str]:
         """Requests to resume at start, oldest first."""
-        async with self.conn.execute(
+        rows = await self._rows(
             "SELECT requestId FROM requests WHERE status IN (?, ?) ORDER BY id",
             (RequestStatus.PENDING, RequestStatus.PROCESSING),
-        ) as cur:
-            return [row[0] async for row in cur]
+        )
+        return [row[0] for row in rows]
 
     async def mark_processing(self, request_id: str) -> None:
         async with self.transaction() as conn:
@@ -351,19 +387,18 @@ class Database:
 
     async def finished_before(self, cutoff: str, limit: int) -> list[str]:
         """Ids of finished requests last updated before `cutoff` (an ISO time), oldest first."""
-        async with self.conn.execute(
+        rows = await self._rows(
             f"SELECT requestId FROM requests WHERE status IN ({_marks(FINISHED_STATUSES)}) "
             "AND updated_at < ? ORDER BY updated_at LIMIT ?",
             (*FINISHED_STATUSES, cutoff, limit),
-        ) as cur:
-            return [row[0] async for row in cur]
+        )
+        return [row[0] for row in rows]
 
     async def request_files(self, request_id: str) -> list[str]:
         """The files a request keeps beside the database: its uploaded and output CSVs."""
-        async with self.conn.execute(
+        row = await self._row(
             "SELECT input_path, outputFilePath FROM requests WHERE requestId = ?", (request_id,)
-        ) as cur:
-            row = await cur.fetchone()
+        )
         return [path for path in row or () if path]
 
     async def delete_request(self, request_id: str) -> None:
@@ -386,34 +421,31 @@ class Database:
     async def requests_by_status(self) -> dict[RequestStatus, int]:
         """How many requests are in each status (every status listed, zeros included)."""
         counts = dict.fromkeys(RequestStatus, 0)
-        async with self.conn.execute(
+        for status, count in await self._rows(
             "SELECT status, count(*) FROM requests GROUP BY status"
-        ) as cur:
-            async for status, count in cur:
-                counts[RequestStatus(status)] = count
+        ):
+            counts[RequestStatus(status)] = count
         return counts
 
     async def queued_images(self) -> int:
         """Images of unfinished requests that have no result yet."""
-        async with self.conn.execute(
+        row = await self._row(
             "SELECT coalesce(sum(images_total - images_succeeded - images_failed - "
             f"images_skipped), 0) FROM requests WHERE status IN ({_marks(UNFINISHED_STATUSES)})",
             UNFINISHED_STATUSES,
-        ) as cur:
-            row = await cur.fetchone()
+        )
         return int(row[0]) if row else 0
 
     # --- images -----------------------------------------------------------------
 
     async def pending_jobs(self, request_id: str, after_id: int, limit: int) -> list[ImageJob]:
         """The next pending distinct URLs of a request, in input order."""
-        async with self.conn.execute(
+        rows = await self._rows(
             "SELECT id, row, position, url, attempts FROM images "
             "WHERE request_id = ? AND id > ? AND status = ? AND source_id IS NULL "
             "ORDER BY id LIMIT ?",
             (request_id, after_id, ImageStatus.PENDING, limit),
-        ) as cur:
-            rows = await cur.fetchall()
+        )
         return [ImageJob(r[0], request_id, r[1], r[2], r[3], r[4]) for r in rows]
 
     async def record_image(self, job: ImageJob, result: ImageResult) -> int:
@@ -458,6 +490,29 @@ class Database:
             )
         return changed
 
+    async def image_page(self, request_id: str, after: int, limit: int) -> list[ImageRecord]:
+        """A request's images in input order, from the first with an id above `after`."""
+        rows = await self._rows(
+            "SELECT id, row, position, url, status, output_url, error, error_code, bytes_in, "
+            "bytes_out FROM images WHERE request_id = ? AND id > ? ORDER BY id LIMIT ?",
+            (request_id, after, limit),
+        )
+        return [
+            ImageRecord(
+                id=row[0],
+                row=row[1],
+                position=row[2],
+                url=row[3],
+                status=ImageStatus(row[4]),
+                output_url=row[5],
+                error=row[6],
+                error_code=row[7],
+                bytes_in=row[8],
+                bytes_out=row[9],
+            )
+            for row in rows
+        ]
+
     # --- webhook deliveries -----------------------------------------------------
 
     async def add_delivery(
@@ -489,29 +544,27 @@ class Database:
             )
 
     async def latest_delivery(self, request_id: str) -> DeliveryRecord | None:
-        async with self.conn.execute(
+        row = await self._row(
             f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE request_id = ? "
             "ORDER BY created_at DESC, rowid DESC LIMIT 1",
             (request_id,),
-        ) as cur:
-            row = await cur.fetchone()
+        )
         return _delivery_from_row(row) if row else None
 
     async def get_delivery(self, delivery_id: str) -> tuple[DeliveryRecord, str] | None:
         """A delivery and its payload."""
-        async with self.conn.execute(
+        row = await self._row(
             f"SELECT {_DELIVERY_COLUMNS}, payload FROM deliveries WHERE id = ?", (delivery_id,)
-        ) as cur:
-            row = await cur.fetchone()
+        )
         return (_delivery_from_row(row), str(row[-1])) if row else None
 
     async def due_delivery_ids(self) -> list[tuple[str, float]]:
         """Pending deliveries with the time each is due, soonest first."""
-        async with self.conn.execute(
+        rows = await self._rows(
             "SELECT id, next_attempt_at FROM deliveries WHERE state = ? ORDER BY next_attempt_at",
             (DeliveryState.PENDING,),
-        ) as cur:
-            return [(row[0], float(row[1] or 0)) async for row in cur]
+        )
+        return [(row[0], float(row[1] or 0)) for row in rows]
 
     async def record_attempt(
         self,
@@ -534,12 +587,12 @@ class Database:
     ) -> list[tuple[str, float]]:
         """Up to `limit` pending deliveries not in `exclude`, with due times, soonest first."""
         marks = ", ".join("?" * len(exclude))
-        async with self.conn.execute(
+        rows = await self._rows(
             "SELECT id, next_attempt_at FROM deliveries WHERE state = ? "
             f"AND id NOT IN ({marks}) ORDER BY next_attempt_at LIMIT ?",
             (DeliveryState.PENDING, *exclude, limit),
-        ) as cur:
-            return [(row[0], float(row[1] or 0)) async for row in cur]
+        )
+        return [(row[0], float(row[1] or 0)) for row in rows]
 
     async def requeue_delivery(self, delivery_id: str, next_attempt_at: float) -> None:
         """Start a delivery over: pending, no attempts made, first attempt at `next_attempt_at`."""
@@ -553,14 +606,14 @@ class Database:
     async def finished_requests_without_delivery(self) -> list[str]:
         """Finished requests with a webhook URL whose delivery was never created (a crash
         between finishing the request and queueing its webhook), oldest first."""
-        async with self.conn.execute(
+        rows = await self._rows(
             "SELECT requestId FROM requests r WHERE status IN (?, ?, ?) "
             "AND coalesce(webhookUrl, '') <> '' "
             "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.request_id = r.requestId) "
             "ORDER BY id",
             (RequestStatus.COMPLETE, RequestStatus.FAILED, RequestStatus.CANCELLED),
-        ) as cur:
-            return [row[0] async for row in cur]
+        )
+        return [row[0] for row in rows]
 
 
 # --- work done in a thread -------------------------------------------------------

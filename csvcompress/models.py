@@ -112,3 +112,19 @@ class DeliveryRecord:
     next_attempt_at: float | None
     last_status: int | None
     last_error: str | None
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image of a request as the API shows it; `row` and `position` are 0-based."""
+
+    id: int
+    row: int
+    position: int
+    url: str
+    status: ImageStatus
+    output_url: str | None
+    error: str | None
+    error_code: str | None
+    bytes_in: int
+    bytes_out: int

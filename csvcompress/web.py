@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from . import imaging, uploads
+from . import api, imaging, pages, uploads
 from .app import SERVICE
 from .auth import setup_api_key
 from .config import Settings
@@ -22,7 +21,6 @@ from .webhook_routes import setup_webhook_routes
 
 log = logging.getLogger(__name__)
 
-STATIC_DIR = Path(__file__).parent / "static"
 KEPT_ERROR_HEADERS = frozenset({"Allow", "WWW-Authenticate", "Retry-After", "Location"})
 
 
@@ -120,14 +118,11 @@ async def stored_file(request: web.Request) -> web.FileResponse:
     )
 
 
-async def index(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(STATIC_DIR / "index.html")
-
-
 def setup_routes(app: web.Application, settings: Settings) -> None:
     app.middlewares.append(error_middleware)
     setup_api_key(app, settings.server)
-    app.router.add_get("/", index)
+    pages.setup_page_routes(app)
+    api.setup_api_routes(app)
     app.router.add_post("/upload", upload)
     app.router.add_get("/status/{request_id}", status)
     app.router.add_get("/requests/{request_id}/output.csv", output_csv)

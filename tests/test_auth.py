@@ -133,29 +133,33 @@ async def test_unknown_paths_and_wrong_methods_are_not_401(create_service: Servi
 
 
 @pytest.mark.parametrize(
-    ("template", "protected"),
+    ("method", "template", "protected"),
     [
-        ("/upload", True),
-        ("/status/{request_id}", True),
-        ("/requests", True),
-        ("/requests/{request_id}", True),
-        ("/requests/{request_id}/retry", True),
-        ("/requests/{id}/images", True),
-        ("/requests/{request_id}/output.csv", False),
-        ("/requests/{id}/output.csv", False),
-        ("/requests/{request_id}/output.csv/x", True),
-        ("/", False),
-        ("/static", False),
-        ("/files", False),
-        ("/healthz", False),
-        ("/metrics", False),
-        ("/openapi.json", False),
-        ("/uploads", False),
-        ("/statusboard", False),
+        ("POST", "/upload", True),
+        ("GET", "/status/{request_id}", True),
+        ("GET", "/requests", True),
+        # The request page is HTML without data; deleting the request is not a read.
+        ("GET", "/requests/{request_id}", False),
+        ("HEAD", "/requests/{request_id}", False),
+        ("DELETE", "/requests/{request_id}", True),
+        ("POST", "/requests/{request_id}/retry", True),
+        ("POST", "/requests/{request_id}/webhook/redeliver", True),
+        ("GET", "/requests/{id}/images", True),
+        ("GET", "/requests/{request_id}/output.csv", False),
+        ("GET", "/requests/{id}/output.csv", False),
+        ("GET", "/requests/{request_id}/output.csv/x", True),
+        ("GET", "/", False),
+        ("GET", "/static", False),
+        ("GET", "/files", False),
+        ("GET", "/healthz", False),
+        ("GET", "/metrics", False),
+        ("GET", "/openapi.json", False),
+        ("GET", "/uploads", False),
+        ("GET", "/statusboard", False),
     ],
 )
-def test_protected_routes_rule(template: str, protected: bool) -> None:
-    assert is_protected(template) is protected
+def test_protected_routes_rule(method: str, template: str, protected: bool) -> None:
+    assert is_protected(template, method) is protected
 
 
 def test_key_matches() -> None:

@@ -1,7 +1,8 @@
-"""Schema versions: a database written by an older version is migrated at start, intact."""
+"""Database: schema versions migrated at start, and queries under real concurrency."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -13,6 +14,7 @@ DONE = "d" * 32
 WAITING = "e" * 32
 CREATED = "2026-01-02T03:04:05.678Z"
 FINISHED = "2026-01-02T03:05:00.000Z"
+UPLOADS = 20
 
 
 def _v1_database(data_dir: Path, origin: Origin) -> dict[str, bytes]:
@@ -130,3 +132,30 @@ def test_migrations_run_once_and_in_order(tmp_path: Path) -> None:
         assert "health" in tables and "requests_by_status" not in tables
     finally:
         conn.close()
+
+
+async def test_uploads_while_status_is_read_all_finish(
+    create_service: ServiceFactory, origin: Origin
+) -> None:
+    """Reads of the shared connection (the page polls /status) never hide a fresh upload."""
+    service = await create_service()
+    url = origin.add("a.jpg", images.photo_jpeg(16, 16))
+    ids: list[str] = []
+    stop = asyncio.Event()
+
+    async def poll() -> None:
+        while not stop.is_set():
+            for request_id in ids[-3:]:
+                await service.status(request_id)
+            async with service.client.get(f"{service.url}/requests?limit=5") as resp:
+                await resp.read()
+
+    pollers = [asyncio.create_task(poll()) for _ in range(3)]
+    try:
+        for n in range(UPLOADS):
+            ids.append(await service.submit(csv_bytes([[str(n), "P", url]])))
+        docs = [await service.wait(request_id, timeout=20) for request_id in ids]
+    finally:
+        stop.set()
+        await asyncio.gather(*pollers)
+    assert {doc["status"] for doc in docs} == {"complete"}
