@@ -440,12 +440,12 @@ class Database:
     ) -> list[tuple[str, float]]:
         """Up to `limit` pending deliveries not in `exclude`, with due times, soonest first."""
         marks = ", ".join("?" * len(exclude))
-        async with self.conn.execute(
+        rows = await self._rows(
             "SELECT id, next_attempt_at FROM deliveries WHERE state = ? "
             f"AND id NOT IN ({marks}) ORDER BY next_attempt_at LIMIT ?",
             (DeliveryState.PENDING, *exclude, limit),
-        ) as cur:
-            return [(row[0], float(row[1] or 0)) async for row in cur]
+        )
+        return [(row[0], float(row[1] or 0)) for row in rows]
 
     async def requeue_delivery(self, delivery_id: str, next_attempt_at: float) -> None:
         """Start a delivery over: pending, no attempts made, first attempt at `next_attempt_at`."""
@@ -459,14 +459,14 @@ class Database:
     async def finished_requests_without_delivery(self) -> list[str]:
         """Finished requests with a webhook URL whose delivery was never created (a crash
         between finishing the request and queueing its webhook), oldest first."""
-        async with self.conn.execute(
+        rows = await self._rows(
             "SELECT requestId FROM requests r WHERE status IN (?, ?) "
             "AND coalesce(webhookUrl, '') <> '' "
             "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.request_id = r.requestId) "
             "ORDER BY id",
             (RequestStatus.COMPLETE, RequestStatus.FAILED),
-        ) as cur:
-            return [row[0] async for row in cur]
+        )
+        return [row[0] for row in rows]
 
 
 # --- work done in a thread -------------------------------------------------------
