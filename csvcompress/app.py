@@ -16,7 +16,9 @@ from .config import Settings
 from .db import Database
 from .fetcher import Fetcher
 from .jobs import JobQueue, Processor
+from .metrics import Metrics
 from .netguard import NetGuard, create_session
+from .retention import Retention
 from .storage import Storage, create_storage
 from .webhooks import WebhookSender
 
@@ -35,6 +37,8 @@ class Service:
     pool: ThreadPoolExecutor
     queue: JobQueue
     webhooks: WebhookSender
+    metrics: Metrics
+    retention: Retention
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -59,14 +63,22 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         stack.push_async_callback(session.close)
         pool = ThreadPoolExecutor(settings.workers.thread_count, thread_name_prefix="vips")
         stack.callback(pool.shutdown, wait=True, cancel_futures=True)
-        webhooks = WebhookSender(settings, database, guard)
-        processor = Processor(settings, Fetcher(settings.fetch, session), storage, pool)
-        queue = JobQueue(settings, database, processor, on_finished=webhooks.request_finished)
-        app[SERVICE] = Service(settings, database, storage, guard, session, pool, queue, webhooks)
+        metrics = Metrics()
+        webhooks = WebhookSender(settings, database, guard, metrics)
+        processor = Processor(settings, Fetcher(settings.fetch, session), storage, pool, metrics)
+        queue = JobQueue(
+            settings, database, processor, on_finished=webhooks.request_finished, metrics=metrics
+        )
+        retention = Retention(settings, database, storage, queue)
+        app[SERVICE] = Service(
+            settings, database, storage, guard, session, pool, queue, webhooks, metrics, retention
+        )
         stack.push_async_callback(webhooks.close)
         await webhooks.start()
         stack.push_async_callback(queue.stop)
         await queue.start()
+        stack.push_async_callback(retention.close)
+        await retention.start()
         log.info("csvcompress ready on %s", settings.server.base_url)
         yield
 

@@ -7,12 +7,11 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from aiohttp import web
-
-from .config import load_settings
+from . import logs
+from .config import LogSettings, load_settings
 from .errors import ConfigError
 
 log = logging.getLogger("csvcompress")
@@ -20,29 +19,19 @@ log = logging.getLogger("csvcompress")
 API_KEY_ENV = "CSVCOMPRESS_API_KEY"
 
 
-def setup_logging(level: str = "info") -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def setup_logging(level: str = "info", fmt: str = "text", secrets: Iterable[str] = ()) -> None:
+    logs.configure(LogSettings(level=level, format=fmt), secrets)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .app import create_app
+    from .serve import serve
 
     settings = load_settings(args.config)
-    setup_logging(settings.log.level)
-    app = create_app(settings)
-    web.run_app(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
-        print=lambda _msg: print(
-            f"csvcompress serving on {settings.server.base_url} (Ctrl+C to stop)", flush=True
-        ),
-    )
-    return 0
+    setup_logging(settings.log.level, settings.log.format, logs.settings_secrets(settings))
+    try:
+        return asyncio.run(serve(settings, lambda line: print(line, flush=True)))
+    except KeyboardInterrupt:  # Ctrl+C before the signal handlers were in place
+        return 130
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -268,6 +268,18 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True)
+class RetentionSettings:
+    # Finished requests older than this many days are removed with their files; 0 keeps all.
+    days: int = 30
+    # Seconds between two sweeps for old requests.
+    interval: float = 3600.0
+
+    def validate(self) -> None:
+        _check(self.days >= 0, "retention.days", "must be 0 or more")
+        _check(self.interval > 0, "retention.interval", "must be positive")
+
+
+@dataclass(frozen=True)
 class LogSettings:
     level: str = "info"
     format: str = "text"
@@ -291,6 +303,7 @@ class Settings:
     limits: LimitSettings = field(default_factory=LimitSettings)
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
     workers: WorkerSettings = field(default_factory=WorkerSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
     def validate(self) -> Settings:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Sequence
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 30_000
 INSERT_CHUNK = 5_000
+# Rows deleted per transaction when a request is removed, so workers are not held up.
+DELETE_CHUNK = 5_000
 
 # Each entry moves the schema one version forward; PRAGMA user_version says where a file is.
 MIGRATIONS: tuple[str, ...] = (
@@ -97,7 +100,27 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX deliveries_due ON deliveries(state, next_attempt_at);
     CREATE INDEX deliveries_by_request ON deliveries(request_id);
     """,
+    # 2: cancelling requests, retention sweeps, health checks.
+    """
+    ALTER TABLE requests ADD COLUMN images_skipped INTEGER NOT NULL DEFAULT 0;
+    -- Retention looks for finished requests by status and age; lookups by status alone
+    -- use the same index, so the older one goes.
+    CREATE INDEX requests_by_status_updated ON requests(status, updated_at);
+    DROP INDEX requests_by_status;
+    -- /healthz proves the database takes writes by committing this one row.
+    CREATE TABLE health (id INTEGER PRIMARY KEY CHECK (id = 1), checked_at TEXT NOT NULL);
+    """,
 )
+
+FINISHED_STATUSES = tuple(s for s in RequestStatus if s.finished)
+UNFINISHED_STATUSES = tuple(s for s in RequestStatus if not s.finished)
+# What the output CSV says about an image its request's cancellation left unprocessed.
+SKIPPED_REASON = "skipped: the request was cancelled"
+
+
+def _marks(values: Sequence[object]) -> str:
+    """The "?, ?, ?" of an IN clause with one parameter per value."""
+    return ", ".join("?" * len(values))
 
 
 def now_iso() -> str:
@@ -235,13 +258,13 @@ class Database:
 
     async def get_counts(self, request_id: str) -> ImageCounts:
         row = await self._row(
-            "SELECT images_total, images_succeeded, images_failed FROM requests "
+            "SELECT images_total, images_succeeded, images_failed, images_skipped FROM requests "
             "WHERE requestId = ?",
             (request_id,),
         )
         if row is None:
             return ImageCounts()
-        return ImageCounts(total=row[0], succeeded=row[1], failed=row[2])
+        return ImageCounts(total=row[0], succeeded=row[1], failed=row[2], skipped=row[3])
 
     async def list_requests(
         self, *, status: RequestStatus | None, before: int | None, limit: int
@@ -253,12 +276,13 @@ class Database:
             where.append("status = ?")
             params.append(status)
         rows = await self._rows(
-            f"SELECT id, images_total, images_succeeded, images_failed, {_REQUEST_COLUMNS} "
-            f"FROM requests WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
+            "SELECT id, images_total, images_succeeded, images_failed, images_skipped, "
+            f"{_REQUEST_COLUMNS} FROM requests WHERE {' AND '.join(where)} "
+            "ORDER BY id DESC LIMIT ?",
             (*params, limit),
         )
         return [
-            (row[0], _request_from_row(row[4:]), ImageCounts(row[1], row[2], row[3]))
+            (row[0], _request_from_row(row[5:]), ImageCounts(row[1], row[2], row[3], row[4]))
             for row in rows
         ]
 
@@ -286,11 +310,131 @@ class Database:
         error: str | None = None,
     ) -> None:
         async with self.transaction() as conn:
+            # A request cancelled while it was being finished stays cancelled.
             await conn.execute(
-                "UPDATE requests SET status = ?, outputFilePath = ?, error = ?, updated_at = ? "
-                "WHERE requestId = ?",
-                (status, output_file_path, error, now_iso(), request_id),
+                "UPDATE requests SET status = CASE WHEN status = ? THEN status ELSE ? END, "
+                "outputFilePath = ?, error = ?, updated_at = ? WHERE requestId = ?",
+                (RequestStatus.CANCELLED, status, output_file_path, error, now_iso(), request_id),
             )
+
+    # --- cancelling, retrying and removing requests --------------------------------
+
+    async def cancel_request(self, request_id: str) -> bool:
+        """Mark an unfinished request cancelled and skip its pending images.
+
+        False when the request is unknown or already finished.
+        """
+        stamp = now_iso()
+        async with self.transaction() as conn:
+            cur = await conn.execute(
+                f"UPDATE requests SET status = ?, updated_at = ? WHERE requestId = ? "
+                f"AND status IN ({_marks(UNFINISHED_STATUSES)})",
+                (RequestStatus.CANCELLED, stamp, request_id, *UNFINISHED_STATUSES),
+            )
+            if cur.rowcount == 0:
+                return False
+            cur = await conn.execute(
+                "UPDATE images SET status = ?, error = ?, error_code = ?, updated_at = ? "
+                "WHERE request_id = ? AND status = ?",
+                (
+                    ImageStatus.SKIPPED,
+                    SKIPPED_REASON,
+                    "cancelled",
+                    stamp,
+                    request_id,
+                    ImageStatus.PENDING,
+                ),
+            )
+            await conn.execute(
+                "UPDATE requests SET images_skipped = images_skipped + ? WHERE requestId = ?",
+                (cur.rowcount, request_id),
+            )
+        return True
+
+    async def requeue(self, request_id: str) -> int | None:
+        """Put a finished request's failed and skipped images back to pending.
+
+        The request becomes pending again, without output CSV or webhook delivery
+        (the next finish queues a new one). Returns how many
+        images were re-queued, or None when the request is unknown or not finished.
+        """
+        stamp = now_iso()
+        async with self.transaction() as conn:
+            cur = await conn.execute(
+                "UPDATE requests SET status = ?, outputFilePath = NULL, error = NULL, "
+                "images_failed = 0, images_skipped = 0, updated_at = ? WHERE requestId = ? "
+                f"AND status IN ({_marks(FINISHED_STATUSES)})",
+                (RequestStatus.PENDING, stamp, request_id, *FINISHED_STATUSES),
+            )
+            if cur.rowcount == 0:
+                return None
+            # The event sent for the earlier finish is superseded (one not delivered yet is
+            # dropped): when the request finishes again, a new event is queued.
+            await conn.execute("DELETE FROM deliveries WHERE request_id = ?", (request_id,))
+            cur = await conn.execute(
+                "UPDATE images SET status = ?, output_url = NULL, error = NULL, "
+                "error_code = NULL, bytes_in = 0, bytes_out = 0, updated_at = ? "
+                "WHERE request_id = ? AND status IN (?, ?)",
+                (
+                    ImageStatus.PENDING,
+                    stamp,
+                    request_id,
+                    ImageStatus.FAILED,
+                    ImageStatus.SKIPPED,
+                ),
+            )
+            return int(cur.rowcount)
+
+    async def finished_before(self, cutoff: str, limit: int) -> list[str]:
+        """Ids of finished requests last updated before `cutoff` (an ISO time), oldest first."""
+        rows = await self._rows(
+            f"SELECT requestId FROM requests WHERE status IN ({_marks(FINISHED_STATUSES)}) "
+            "AND updated_at < ? ORDER BY updated_at LIMIT ?",
+            (*FINISHED_STATUSES, cutoff, limit),
+        )
+        return [row[0] for row in rows]
+
+    async def request_files(self, request_id: str) -> list[str]:
+        """The files a request keeps beside the database: its uploaded and output CSVs."""
+        row = await self._row(
+            "SELECT input_path, outputFilePath FROM requests WHERE requestId = ?", (request_id,)
+        )
+        return [path for path in row or () if path]
+
+    async def delete_request(self, request_id: str) -> None:
+        """Remove a request's rows: images in chunks (the workers keep writing), then the rest."""
+        while True:
+            async with self.transaction() as conn:
+                cur = await conn.execute(
+                    "DELETE FROM images WHERE id IN "
+                    "(SELECT id FROM images WHERE request_id = ? LIMIT ?)",
+                    (request_id, DELETE_CHUNK),
+                )
+            if cur.rowcount < DELETE_CHUNK:
+                break
+        async with self.transaction() as conn:
+            await conn.execute("DELETE FROM deliveries WHERE request_id = ?", (request_id,))
+            await conn.execute("DELETE FROM requests WHERE requestId = ?", (request_id,))
+
+    # --- figures for /metrics ------------------------------------------------------
+
+    async def requests_by_status(self) -> dict[RequestStatus, int]:
+        """How many requests are in each status (every status listed, zeros included)."""
+        counts = dict.fromkeys(RequestStatus, 0)
+        for status, count in await self._rows(
+            "SELECT status, count(*) FROM requests GROUP BY status"
+        ):
+            counts[RequestStatus(status)] = count
+        return counts
+
+    async def queued_images(self) -> int:
+        """Images of unfinished requests that have no result yet."""
+        row = await self._row(
+            "SELECT coalesce(sum(images_total - images_succeeded - images_failed - "
+            f"images_skipped), 0) FROM requests WHERE status IN ({_marks(UNFINISHED_STATUSES)})",
+            UNFINISHED_STATUSES,
+        )
+        return int(row[0]) if row else 0
 
     # --- images -----------------------------------------------------------------
 
@@ -326,6 +470,9 @@ class Database:
                 ),
             )
             changed = cur.rowcount
+            if not changed:
+                # The request was cancelled (or deleted) while this image was in flight.
+                return 0
             ok = result.status is ImageStatus.SUCCEEDED
             # Bytes are counted once per distinct image: repeats are not re-downloaded.
             await conn.execute(
@@ -460,16 +607,48 @@ class Database:
         """Finished requests with a webhook URL whose delivery was never created (a crash
         between finishing the request and queueing its webhook), oldest first."""
         rows = await self._rows(
-            "SELECT requestId FROM requests r WHERE status IN (?, ?) "
+            "SELECT requestId FROM requests r WHERE status IN (?, ?, ?) "
             "AND coalesce(webhookUrl, '') <> '' "
             "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.request_id = r.requestId) "
             "ORDER BY id",
-            (RequestStatus.COMPLETE, RequestStatus.FAILED),
+            (RequestStatus.COMPLETE, RequestStatus.FAILED, RequestStatus.CANCELLED),
         )
         return [row[0] for row in rows]
 
 
 # --- work done in a thread -------------------------------------------------------
+
+
+class NotWritable(Exception):
+    """The database, or a file it needs, cannot be written."""
+
+
+def check_writable_sync(path: str | Path, timeout: float) -> None:
+    """Raise NotWritable or sqlite3.Error unless the database takes writes now and after a restart.
+
+    Two checks, because one connection cannot see everything. The files and their
+    directory must be writable for this process (a file made read-only or a
+    read-only file system shows here; SQLite itself would not notice until the
+    next start, as it reuses the file descriptor it already has open). And a real
+    write must commit, on a fresh connection, within `timeout` seconds (a full
+    disk, an I/O error or a lock held elsewhere shows there).
+    """
+    path = Path(path)
+    wal, shm = (path.with_name(f"{path.name}{suffix}") for suffix in ("-wal", "-shm"))
+    needed = [path, path.parent] + [f for f in (wal, shm) if f.exists()]
+    for target in needed:
+        # os.access, not open(): closing a descriptor of the database would drop the
+        # locks the service's own connections hold on it.
+        if not os.access(target, os.W_OK):
+            raise NotWritable(f"{target} is read-only")
+    uri = f"{path.resolve().as_uri()}?mode=rw"
+    with closing(sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)) as conn:
+        # Durable like the service's own writes (WAL + NORMAL): no fsync per probe.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        # On an error the connection closes with the transaction open: SQLite rolls it back.
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT OR REPLACE INTO health (id, checked_at) VALUES (1, ?)", (now_iso(),))
+        conn.execute("COMMIT")
 
 
 def insert_request_sync(

@@ -49,7 +49,10 @@ def iso_time(unix_seconds: float) -> str:
 
 def request_data(record: RequestRecord, counts: ImageCounts, base_url: str) -> dict[str, Any]:
     """What both /status and a webhook say about a request."""
-    done = record.status is RequestStatus.COMPLETE and record.output_file_path
+    done = (
+        record.status in (RequestStatus.COMPLETE, RequestStatus.CANCELLED)
+        and record.output_file_path
+    )
     data: dict[str, Any] = {
         "request_id": record.id,
         "status": record.status.value,

@@ -86,7 +86,27 @@ SCHEMAS: dict[str, Schema] = {
         }
     ),
     "ImageCounts": _object(
-        {"total": _COUNT, "succeeded": _COUNT, "failed": _COUNT, "pending": _COUNT}
+        {"total": _COUNT, "succeeded": _COUNT, "failed": _COUNT, "pending": _COUNT},
+        {"skipped": {**_COUNT, "description": "Left out by a cancel; only when cancelled."}},
+    ),
+    "RetryAccepted": _object(
+        {
+            "request_id": _REQUEST_ID,
+            "status": {"const": "pending"},
+            "status_url": _URL,
+            "images": {**_COUNT, "description": "Images put back in the queue."},
+        }
+    ),
+    "Health": _object(
+        {
+            "status": {"type": "string", "enum": ["ok", "unhealthy", "stopping"]},
+            "checks": _object(
+                {
+                    "database": {**_STRING, "description": '"ok", or what failed.'},
+                    "storage": {**_STRING, "description": '"ok", or what failed.'},
+                }
+            ),
+        }
     ),
     "Bytes": _object(
         {
@@ -196,6 +216,39 @@ PATHS: dict[str, dict[str, Any]] = {
             "tags": ["pages"],
             "summary": "A request's live progress and results (HTML; data comes from the API)",
             "responses": {"200": {"description": "HTML", "content": _HTML}},
+        },
+        "delete": {
+            "tags": ["control"],
+            "operationId": "cancelOrDelete",
+            "summary": "Cancel an unfinished request, or remove a finished one with its files",
+            "responses": {
+                "200": _json(_ref("Status"), "Cancelled: the status document."),
+                "204": {"description": "Removed, with its images, CSVs and rows."},
+                "404": _error("No such request."),
+                "409": _error("Still being finished, or it finished before the cancel."),
+            },
+            "description": (
+                "A storage backend that refuses to remove the images (Cloudinary down) "
+                "makes it answer 503; nothing is removed then."
+            ),
+        },
+    },
+    "/requests/{request_id}/retry": {
+        "parameters": [_REQUEST_ID_PARAM],
+        "post": {
+            "tags": ["control"],
+            "operationId": "retry",
+            "summary": "Queue a finished request's failed (and skipped) images again",
+            "responses": {
+                "202": _json(
+                    _ref("RetryAccepted"),
+                    "Queued; a new output CSV and webhook follow when done.",
+                    headers={"Location": {"schema": _URL, "description": "The status URL."}},
+                ),
+                "404": _error("No such request."),
+                "409": _error("Not finished, still being finished, or nothing to retry."),
+                "503": _error("The service is shutting down."),
+            },
         },
     },
     "/upload": {
@@ -319,6 +372,24 @@ PATHS: dict[str, dict[str, Any]] = {
                 "404": _error("No such file."),
             },
         },
+    },
+    "/healthz": {
+        "get": {
+            "tags": ["meta"],
+            "operationId": "health",
+            "summary": "Whether the database and storage take writes (for probes)",
+            "responses": {
+                "200": _json(_ref("Health"), "Healthy."),
+                "503": _json(_ref("Health"), "A check failed, or the service is stopping."),
+            },
+        }
+    },
+    "/metrics": {
+        "get": {
+            "tags": ["meta"],
+            "summary": "Prometheus metrics (text exposition format)",
+            "responses": {"200": {"description": "Metrics", "content": {"text/plain": {}}}},
+        }
     },
     "/openapi.json": {
         "get": {

@@ -12,8 +12,10 @@ from . import api, imaging, pages, uploads
 from .app import SERVICE
 from .auth import setup_api_key
 from .config import Settings
+from .control import setup_control_routes
 from .documents import status_document, status_url
 from .errors import CsvCompressError, NotFound, StorageError
+from .ops import setup_ops_routes
 from .storage import LocalStorage
 from .webhook_routes import setup_webhook_routes
 
@@ -127,3 +129,5 @@ def setup_routes(app: web.Application, settings: Settings) -> None:
     setup_webhook_routes(app)
     if settings.storage.backend == "local":
         app.router.add_get("/files/{key:.+}", stored_file)
+    setup_ops_routes(app)
+    setup_control_routes(app)

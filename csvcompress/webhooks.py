@@ -40,6 +40,8 @@ from .db import Database
 from .documents import request_data
 from .errors import AddressNotAllowed, ConfigError, Conflict, NotFound
 from .fetcher import _find_refusal, parse_retry_after
+from .logs import add_secret
+from .metrics import Metrics
 from .models import DeliveryRecord, DeliveryState, RequestStatus
 from .netguard import NetGuard, create_session
 
@@ -48,6 +50,14 @@ log = logging.getLogger(__name__)
 EVENT_TYPES = {
     RequestStatus.COMPLETE: "request.completed",
     RequestStatus.FAILED: "request.failed",
+    RequestStatus.CANCELLED: "request.cancelled",
+}
+
+# What an attempt counts as in csvcompress_webhook_deliveries_total, by the state it leaves.
+ATTEMPT_OUTCOMES = {
+    DeliveryState.DELIVERED: "delivered",
+    DeliveryState.FAILED: "failed",
+    DeliveryState.PENDING: "retrying",
 }
 
 # Deliveries in flight at once; a slow receiver cannot hold up more than this.
@@ -219,25 +229,35 @@ def plan_next(
 class WebhookSender:
     """Queues deliveries when requests finish and sends them on schedule."""
 
-    def __init__(self, settings: Settings, database: Database, guard: NetGuard) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        database: Database,
+        guard: NetGuard,
+        metrics: Metrics | None = None,
+    ) -> None:
         settings.webhook.validate()
         self._settings = settings
         self._schedule = settings.webhook.retry_schedule
         self._db = database
         self._guard = guard
+        self._metrics = metrics or Metrics()
         self._rng = random.Random()
         self._signer: Webhook | None = None
         self._session: aiohttp.ClientSession | None = None
         self._scheduler: asyncio.Task[None] | None = None
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
+        self._closing = False
         # Held while deliveries are picked, so a redelivery cannot race the scheduler.
         self._pick_lock = asyncio.Lock()
         # Held while an event is stored, so one request never gets two deliveries.
         self._queue_lock = asyncio.Lock()
 
     async def start(self) -> None:
-        self._signer = Webhook(await asyncio.to_thread(resolve_secret, self._settings))
+        secret = await asyncio.to_thread(resolve_secret, self._settings)
+        add_secret(secret)  # never in a log line, whatever prints it
+        self._signer = Webhook(secret)
         # A session of its own: image downloads cannot starve deliveries of connections,
         # and every connection is still judged by the network guard.
         self._session = create_session(
@@ -250,6 +270,8 @@ class WebhookSender:
 
     async def close(self) -> None:
         """Stop sending. Attempts cut short stay pending and are made again on the next start."""
+        self._closing = True
+        self._wake.set()
         tasks = list(self._in_flight.values())
         if self._scheduler is not None:
             tasks.append(self._scheduler)
@@ -325,7 +347,10 @@ class WebhookSender:
     # --- the scheduler -------------------------------------------------------------
 
     async def _run(self) -> None:
-        while True:
+        # Not `while True`: on Python 3.11, asyncio.wait_for swallows a cancellation that
+        # lands as the event it waits for is set (a request finishing during shutdown
+        # does that), and the loop would sleep on for up to MAX_IDLE_SECONDS.
+        while not self._closing:
             self._wake.clear()
             try:
                 wait = await self._dispatch_due()
@@ -374,6 +399,7 @@ class WebhookSender:
             outcome = await self._post(delivery.url, delivery.id, body)
             attempts = delivery.attempts + 1
             state, next_at = plan_next(outcome, attempts, self._schedule, time.time(), self._rng)
+            self._metrics.webhook_delivery(ATTEMPT_OUTCOMES[state])
             await self._db.record_attempt(
                 delivery_id,
                 state=state,

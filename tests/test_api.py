@@ -108,7 +108,9 @@ async def _until_processing(service: Service, request_id: str) -> None:
 async def test_listing_refuses_bad_parameters(create_service: ServiceFactory) -> None:
     service = await create_service()
     cases = {
-        "/requests?status=done": "status must be one of: pending, processing, complete, failed",
+        "/requests?status=done": (
+            "status must be one of: pending, processing, complete, failed, cancelled"
+        ),
         "/requests?limit=0": "limit must be a whole number from 1 to 100",
         "/requests?limit=101": "limit must be a whole number from 1 to 100",
         "/requests?limit=ten": "limit must be a whole number from 1 to 100",

@@ -78,6 +78,9 @@ def test_env_overrides_single_keys(tmp_path: Path) -> None:
         ({"webhook": {"retry_schedule": [1, -1]}}, "webhook.retry_schedule: entries must be"),
         ({"images": {"optimize_coding": 1}}, "images.optimize_coding: must be true or false"),
         ({"server": 3}, "server: must be a table"),
+        ({"retention": {"days": -1}}, "retention.days: must be 0 or more"),
+        ({"retention": {"interval": 0}}, "retention.interval: must be positive"),
+        ({"log": {"format": "yaml"}}, 'log.format: must be "text" or "json"'),
     ],
 )
 def test_bad_settings_name_the_key(raw: dict[str, object], message: str) -> None:

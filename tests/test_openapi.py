@@ -18,6 +18,7 @@ from openapi_core.datatypes import RequestParameters
 from openapi_spec_validator import validate
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
+from csvcompress.app import SERVICE
 from tests import images
 from tests.conftest import Origin, Service, ServiceFactory, csv_bytes, free_port
 
@@ -196,6 +197,35 @@ async def test_live_responses_match_the_document(
     assert (await checker.call("POST", redeliver.format(finished)))[0] == 202
     assert (await checker.call("POST", redeliver.format("nope")))[0] == 404
     assert (await checker.call("POST", redeliver.format(running)))[0] == 409
+
+    # Control: retry, cancel, delete; then health, metrics, and a stop beginning.
+    retry = "/requests/{}/retry"
+    assert (await checker.call("POST", retry.format(running)))[0] == 409  # nothing failed
+    assert (await checker.call("POST", retry.format("nope")))[0] == 404
+    assert (await checker.call("POST", retry.format(finished)))[0] == 202
+    await service.wait(finished)
+    held = asyncio.Event()
+
+    async def hold(request: web.Request) -> web.Response:
+        await held.wait()
+        return web.Response(status=404)
+
+    cancelled = await service.submit(csv_bytes([["1", "Held", origin.route("held.jpg", hold)]]))
+    try:
+        await _until(service, cancelled, lambda doc: doc["status"] == "processing")
+        assert (await checker.call("DELETE", f"/requests/{cancelled}"))[0] == 200
+        # Its image is still in flight: it cannot be removed yet.
+        assert (await checker.call("DELETE", f"/requests/{cancelled}"))[0] == 409
+    finally:
+        held.set()
+    await _until(service, cancelled, lambda doc: doc["output_csv_url"] is not None)
+    assert (await checker.call("DELETE", f"/requests/{cancelled}"))[0] == 204
+    assert (await checker.call("DELETE", "/requests/nope"))[0] == 404
+    assert (await checker.call("GET", "/healthz"))[0] == 200
+    assert (await checker.call("GET", "/metrics"))[0] == 200
+    await service.runner.app[SERVICE].queue.drain(0)
+    assert (await checker.call("GET", "/healthz"))[0] == 503
+    assert (await checker.call("POST", retry.format(finished)))[0] == 503
 
     # Every documented (method, path, status) was answered for real at least once.
     spec = await _spec(service)
