@@ -135,6 +135,8 @@ class StorageSettings:
 
 
 OUTPUT_FORMATS = ("keep", "jpeg", "webp", "avif", "png")
+# "pillow" is a reference point for `make bench`, not for production (see pillow_engine).
+ENGINES = ("vips", "pillow")
 
 
 @dataclass(frozen=True)
@@ -149,9 +151,12 @@ class ImageSettings:
     scale: float = 1.0
     # JPEG encoder effort: optimised Huffman tables cost little and save bytes.
     optimize_coding: bool = True
+    # What decodes and encodes: "vips", or "pillow" to benchmark against it.
+    engine: str = "vips"
 
     def validate(self) -> None:
         _check(1 <= self.quality <= 100, "images.quality", "must be between 1 and 100")
+        _check(self.engine in ENGINES, "images.engine", f"must be one of {ENGINES}")
         _check(self.format in OUTPUT_FORMATS, "images.format", f"must be one of {OUTPUT_FORMATS}")
         _check(self.max_pixels > 0, "images.max_pixels", "must be positive")
         _check(self.max_frames > 0, "images.max_frames", "must be positive")

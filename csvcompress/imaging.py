@@ -423,6 +423,10 @@ def recompress(data: bytes, settings: ImageSettings) -> Compressed:
 
     Raises ImageRejected with a short, user-facing reason.
     """
+    if settings.engine == "pillow":
+        from . import pillow_engine  # Pillow is a benchmark-only dependency
+
+        return pillow_engine.recompress(data, settings)
     ctx = Context(data=data, settings=settings)
     for step in PIPELINE:
         try:
