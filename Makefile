@@ -20,6 +20,10 @@ serve: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m csvcompress demo
 
+# Minutes, not seconds: kept out of `make test`. Options: make bench BENCH_ARGS="--quick".
+bench: $(STAMP)
+	$(BIN)/python -m csvcompress.bench $(BENCH_ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check csvcompress tests
 	$(BIN)/ruff format --check csvcompress tests

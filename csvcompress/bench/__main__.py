@@ -1,0 +1,272 @@
+"""`python -m csvcompress.bench` (what `make bench` runs). See the package docstring."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import aiohttp
+
+from ..config import ImageSettings, WorkerSettings
+from . import corpus as corpora
+from . import report as rep
+from . import scenarios
+from .report import Report
+from .scenarios import Throughput
+
+SECTIONS = ("throughput", "memory", "upload", "latency")
+MB = 1024 * 1024
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m csvcompress.bench", description=__doc__)
+    p.add_argument("--corpus", type=Path, help="a folder of real photos (default: generated)")
+    p.add_argument("--images", type=int, default=500, help="distinct URLs per throughput run")
+    p.add_argument("--repeat", type=int, default=1, help="raw/service pairs to run")
+    p.add_argument("--big-images", type=int, default=1000, help="images in the memory run")
+    p.add_argument("--rows", type=int, default=100_000, help="rows in the big upload")
+    p.add_argument("--urls-per-row", type=int, default=3)
+    p.add_argument("--status-rate", type=float, default=200.0, help="GET /status per second")
+    p.add_argument("--status-seconds", type=float, default=10.0)
+    p.add_argument("--only", default=",".join(SECTIONS), help=f"some of {','.join(SECTIONS)}")
+    p.add_argument("--no-pillow", action="store_true", help="skip the Pillow reference runs")
+    p.add_argument(
+        "--env", action="append", default=[], metavar="KEY=VALUE", help="for the service"
+    )
+    p.add_argument("--results", type=Path, default=Path("bench/results.md"))
+    p.add_argument("--no-results", action="store_true", help="do not append to --results")
+    p.add_argument("--cache", type=Path, default=Path("bench/.corpus"), help="generated images")
+    p.add_argument("--quick", action="store_true", help="small counts: a smoke run, not a result")
+    return p
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, workdir: Path, report: Report) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.report = report
+        self.env = dict(item.split("=", 1) for item in args.env)
+        self.threads = WorkerSettings().thread_count
+        self.startups: list[float] = []
+        self._runs = 0
+
+    def fresh_dir(self, name: str) -> Path:
+        self._runs += 1
+        return self.workdir / f"{self._runs:02d}-{name}"
+
+    def show(self, result: Throughput) -> None:
+        extra = ""
+        if result.peak_rss_mb is not None:
+            extra = f", peak RSS {result.peak_rss_mb:.0f} MB"
+        if result.startup_seconds is not None:
+            self.startups.append(result.startup_seconds)
+        self.report.line(
+            f"{result.label + ':':44} {result.rate:6.1f} img/s  ({result.images} images in "
+            f"{result.seconds:.1f} s, {result.failed} failed{extra}; "
+            f"{result.bytes_in / MB:.1f} MB -> {result.bytes_out / MB:.1f} MB)"
+        )
+
+    def raw(self, photos: corpora.Corpus, settings: ImageSettings) -> Throughput:
+        result = scenarios.raw(photos, self.args.images, settings, self.threads)
+        self.show(result)
+        return result
+
+    async def service(
+        self, session: aiohttp.ClientSession, origin: str, photos: corpora.Corpus, engine: str
+    ) -> Throughput:
+        result = await scenarios.end_to_end(
+            session,
+            self.fresh_dir(f"e2e-{engine}"),
+            origin,
+            photos,
+            self.args.images,
+            {"engine": engine},
+            self.env,
+        )
+        self.show(result)
+        if result.failed:
+            raise SystemExit(f"{result.failed} images failed end to end: see {self.workdir}")
+        return result
+
+    async def throughput(
+        self, session: aiohttp.ClientSession, origin: str, photos: corpora.Corpus
+    ) -> None:
+        r = self.report
+        vips = ImageSettings()
+        r.line(
+            f"\n== throughput: {self.args.images} distinct URLs, JPEG q{vips.quality}, "
+            f"optimize_coding={vips.optimize_coding}, {self.threads} threads"
+        )
+        ratios = []
+        for _ in range(self.args.repeat):
+            before = self.raw(photos, vips)
+            e2e = await self.service(session, origin, photos, "vips")
+            after = self.raw(photos, vips)
+            raw_rate = (before.rate + after.rate) / 2
+            ratios.append(e2e.rate / raw_rate)
+            r.line(f"   service/raw = {e2e.rate:.1f} / {raw_rate:.1f} = {ratios[-1]:.3f}")
+        ratio = rep.median(ratios)
+        shown = ", ".join(f"{x:.3f}" for x in ratios)
+        r.check("end to end / raw libvips", f"{ratio:.3f} (runs: {shown})", ratio >= 0.9)
+        r.line(
+            f"bytes saved end to end: {e2e.saved / MB:.1f} MB of {e2e.bytes_in / MB:.1f} MB "
+            f"({e2e.saved / e2e.bytes_in:.0%})"
+        )
+        self.raw(photos, ImageSettings(optimize_coding=not vips.optimize_coding))
+        if not self.args.no_pillow:
+            pillow_raw = self.raw(photos, ImageSettings(engine="pillow"))
+            pillow = await self.service(session, origin, photos, "pillow")
+            r.line(
+                f"libvips/Pillow: raw {raw_rate / pillow_raw.rate:.2f}x, "
+                f"end to end {e2e.rate / pillow.rate:.2f}x"
+            )
+        r.line(f"service peak RSS (libvips run): {e2e.peak_rss_mb:.0f} MB")
+
+    async def memory(self, session: aiohttp.ClientSession, origin: str) -> None:
+        big = corpora.big(self.args.cache)
+        self.report.line(f"\n== memory: {self.args.big_images} images, {big.description}")
+        result = await scenarios.big_images(
+            session, self.fresh_dir("big"), origin, big, self.args.big_images, self.env
+        )
+        self.startups.append(result.startup_seconds)
+        self.report.line(
+            f"{result.images} images in {result.seconds:.1f} s "
+            f"({result.images / result.seconds:.1f} img/s, {result.failed} failed); "
+            f"peak RSS after a quarter {result.peak_at_quarter_mb:.0f} MB, "
+            f"at the end {result.peak_rss_mb:.0f} MB"
+        )
+        self.report.check(
+            "peak RSS, images up to 24 MP",
+            f"{result.peak_rss_mb:.0f} MB (a quarter in: {result.peak_at_quarter_mb:.0f} MB)",
+            result.peak_rss_mb < rep.MAX_PEAK_RSS_MB,
+        )
+
+    async def upload(self, session: aiohttp.ClientSession, origin: str) -> None:
+        rows = self.args.rows
+        per_row = self.args.urls_per_row
+        self.report.line(f"\n== upload: {rows:,} rows x {per_row} URLs, and a tenth of that")
+        results = []
+        for n in (max(1, rows // 10), rows):
+            result = await scenarios.big_upload(
+                session, self.fresh_dir(f"upload-{n}"), origin, n, per_row, self.env
+            )
+            self.startups.append(result.startup_seconds)
+            results.append(result)
+            self.report.line(
+                f"{result.rows:>7,} rows, {result.urls:,} URLs, {result.size_bytes / MB:.1f} MB: "
+                f"202 in {result.seconds:.2f} s; RSS {result.rss_before_mb:.0f} MB before, "
+                f"peak {result.peak_during_mb:.0f} MB during (+{result.growth_mb:.0f} MB)"
+            )
+        small, large = results
+        self.report.check(
+            f"{large.rows:,}-row upload answered 202", f"{large.seconds:.2f} s", large.seconds < 3
+        )
+        self.report.check(
+            "upload memory, 10x the rows",
+            f"+{small.growth_mb:.0f} MB -> +{large.growth_mb:.0f} MB",
+            large.growth_mb <= small.growth_mb + 10,
+        )
+
+    async def latency(
+        self, session: aiohttp.ClientSession, origin: str, photos: corpora.Corpus
+    ) -> None:
+        a = self.args
+        self.report.line(f"\n== GET /status at {a.status_rate:.0f}/s for {a.status_seconds:.0f} s")
+        result = await scenarios.status_latency(
+            session,
+            self.fresh_dir("latency"),
+            origin,
+            photos,
+            a.status_rate,
+            a.status_seconds,
+            self.env,
+        )
+        self.startups.append(result.startup_seconds)
+        self.report.line(
+            f"{result.sent} sent, {result.answered} answered, {result.errors} errors, "
+            f"{result.skipped} skipped (over {scenarios.MAX_OUTSTANDING} outstanding); "
+            f"p50 {result.p50_ms:.1f} ms, p90 {result.p90_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, "
+            f"max {result.max_ms:.1f} ms; job still running after: {result.job_running_after}"
+        )
+        ok = result.p99_ms < rep.MAX_STATUS_P99_MS and not result.errors and not result.skipped
+        self.report.check("GET /status p99 while a job runs", f"{result.p99_ms:.1f} ms", ok)
+
+    def startup(self) -> None:
+        if not self.startups:
+            return
+        shown = ", ".join(f"{s:.2f}" for s in self.startups)
+        worst = max(self.startups)
+        self.report.line(f"\n== start-up to the first request served: {shown} s")
+        self.report.check("start-up, worst of all runs", f"{worst:.2f} s", worst < 1)
+
+
+@contextlib.asynccontextmanager
+async def origin_process(root: Path) -> AsyncIterator[str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "csvcompress.bench.origin", str(root), stdout=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await proc.stdout.readline()).decode().split()
+        if len(line) != 2 or line[0] != "PORT":
+            raise SystemExit("the origin did not start")
+        yield f"http://127.0.0.1:{line[1]}"
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+async def run(args: argparse.Namespace, sections: Sequence[str], report: Report) -> None:
+    report.line(f"machine: {rep.machine()}")
+    report.line(f"load average at start: {rep.load_average()}")
+    photos = corpora.photos(args.corpus, args.cache)
+    report.line(f"corpus: {photos.description}")
+    with tempfile.TemporaryDirectory(prefix="csvcompress-bench-") as tmp:
+        root = Path(tmp)
+        photos.write(root / "corpus")
+        if "memory" in sections:
+            corpora.big(args.cache).write(root / "corpus")
+        bench = Bench(args, root, report)
+        async with origin_process(root / "corpus") as origin, aiohttp.ClientSession() as session:
+            if "throughput" in sections:
+                await bench.throughput(session, origin, photos)
+            if "memory" in sections:
+                await bench.memory(session, origin)
+            if "upload" in sections:
+                await bench.upload(session, origin)
+            if "latency" in sections:
+                await bench.latency(session, origin, photos)
+        bench.startup()
+    report.line(f"\nload average at the end: {rep.load_average()}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    sections = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise SystemExit(f"--only: unknown section(s) {sorted(unknown)}; choose from {SECTIONS}")
+    if args.quick:
+        args.images, args.big_images, args.rows = 100, 100, 10_000
+        args.status_seconds = min(args.status_seconds, 3.0)
+    title = f"{rep.now()}: {rep.cpu_model()}, {WorkerSettings().thread_count} cores"
+    if args.quick:
+        title += " (--quick: a smoke run)"
+    report = Report(title)
+    asyncio.run(run(args, sections, report))
+    failed = [what for what, _, ok in report.checks if not ok]
+    if not args.no_results and not args.quick:
+        report.append_to(args.results)
+        print(f"\nappended to {args.results}")
+    print(f"\n{len(report.checks) - len(failed)} of {len(report.checks)} targets met")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,315 @@
+"""What the benchmark measures, one function per figure."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from itertools import repeat
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from .. import imaging
+from ..config import ImageSettings
+from ..errors import ImageRejected
+from .corpus import Corpus, csv_bytes
+from .service import ServiceProcess, is_complete, status, upload, wait_until
+
+MIB = 1024 * 1024
+# Rows of the throughput CSVs carry this many URLs each (the issue's example has 2).
+URLS_PER_ROW = 2
+# Status latency: requests outstanding at once at most, and how long one may take.
+MAX_OUTSTANDING = 200
+REQUEST_TIMEOUT = 5.0
+# The job under the status-latency client must still be running when it stops.
+LATENCY_JOB_SECONDS_PER_IMAGE = 0.01
+
+
+@dataclass(frozen=True)
+class Throughput:
+    label: str
+    images: int
+    seconds: float
+    bytes_in: int
+    bytes_out: int
+    failed: int = 0
+    peak_rss_mb: float | None = None
+    startup_seconds: float | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds
+
+    @property
+    def saved(self) -> int:
+        return self.bytes_in - self.bytes_out
+
+
+def _recompress_size(data: bytes, settings: ImageSettings) -> int:
+    try:
+        return len(imaging.recompress(data, settings).data)
+    except ImageRejected:
+        return -1
+
+
+def raw(corpus: Corpus, count: int, settings: ImageSettings, threads: int) -> Throughput:
+    """imaging.recompress from memory in `threads` threads: what the service does per image
+    (sniff, header, limits, decode, rotate, colour, encode), without I/O or bookkeeping."""
+    payloads = corpus.payloads(count)
+    imaging.configure(concurrency=1)  # as the service does: the pool gives one image per core
+    with ThreadPoolExecutor(threads) as pool:
+        started = time.perf_counter()
+        sizes = list(pool.map(_recompress_size, payloads, repeat(settings)))
+        seconds = time.perf_counter() - started
+    ok = [(len(p), s) for p, s in zip(payloads, sizes, strict=True) if s >= 0]
+    label = f"raw {settings.engine}, {threads} threads, from memory"
+    if settings.optimize_coding != ImageSettings.optimize_coding:
+        label += f", optimize_coding={settings.optimize_coding}"
+    return Throughput(
+        label=label,
+        images=count,
+        seconds=seconds,
+        bytes_in=sum(p for p, _ in ok),
+        bytes_out=sum(s for _, s in ok),
+        failed=count - len(ok),
+    )
+
+
+def _server_seconds(doc: dict[str, Any]) -> float:
+    """From the request's creation (before the 202) to its completion, by the service's clock."""
+    created = datetime.fromisoformat(doc["created_at"])
+    finished = datetime.fromisoformat(doc["updated_at"])
+    return (finished - created).total_seconds()
+
+
+async def end_to_end(
+    session: aiohttp.ClientSession,
+    workdir: Path,
+    origin: str,
+    corpus: Corpus,
+    count: int,
+    images: Mapping[str, Any],
+    env: Mapping[str, str],
+) -> Throughput:
+    """Upload a CSV of `count` distinct URLs to a fresh service; time it to `complete`."""
+    service = ServiceProcess(workdir, {"images": images}, env)
+    startup = await service.start(session)
+    try:
+        accepted = await upload(
+            session, service.base_url, csv_bytes(corpus.urls(origin, count), URLS_PER_ROW)
+        )
+        doc = await wait_until(session, service.base_url, accepted.request_id, is_complete)
+        _, peak = service.memory_mb()
+    finally:
+        await service.stop()
+    counts, sizes = doc["images"], doc["bytes"]
+    return Throughput(
+        label=f"service end to end, {images.get('engine', 'vips')}",
+        images=counts["total"],
+        seconds=_server_seconds(doc),
+        bytes_in=sizes["input"],
+        bytes_out=sizes["output"],
+        failed=counts["failed"],
+        peak_rss_mb=peak,
+        startup_seconds=startup,
+    )
+
+
+@dataclass(frozen=True)
+class Memory:
+    images: int
+    seconds: float
+    failed: int
+    peak_rss_mb: float
+    peak_at_quarter_mb: float
+    startup_seconds: float
+
+
+async def big_images(
+    session: aiohttp.ClientSession,
+    workdir: Path,
+    origin: str,
+    corpus: Corpus,
+    count: int,
+    env: Mapping[str, str],
+) -> Memory:
+    """Peak RSS over a job of big images, one per row, and whether it grows with the rows."""
+    service = ServiceProcess(workdir, {}, env)
+    startup = await service.start(session)
+    quarter: list[float] = []
+
+    def sample(doc: dict[str, Any]) -> None:
+        counts = doc["images"]
+        if not quarter and counts["total"] - counts["pending"] >= count // 4:
+            quarter.append(service.memory_mb()[1])
+
+    try:
+        accepted = await upload(session, service.base_url, csv_bytes(corpus.urls(origin, count), 1))
+        doc = await wait_until(session, service.base_url, accepted.request_id, is_complete, sample)
+        _, peak = service.memory_mb()
+    finally:
+        await service.stop()
+    return Memory(
+        images=doc["images"]["total"],
+        seconds=_server_seconds(doc),
+        failed=doc["images"]["failed"],
+        peak_rss_mb=peak,
+        peak_at_quarter_mb=quarter[0] if quarter else peak,
+        startup_seconds=startup,
+    )
+
+
+@dataclass(frozen=True)
+class Upload:
+    rows: int
+    urls: int
+    size_bytes: int
+    seconds: float
+    rss_before_mb: float
+    peak_during_mb: float
+    startup_seconds: float
+
+    @property
+    def growth_mb(self) -> float:
+        return self.peak_during_mb - self.rss_before_mb
+
+
+async def big_upload(
+    session: aiohttp.ClientSession,
+    workdir: Path,
+    origin: str,
+    rows: int,
+    per_row: int,
+    env: Mapping[str, str],
+) -> Upload:
+    """Time from sending a `rows`-row CSV to its 202, and the service's memory meanwhile.
+
+    The URLs are distinct and answer 404, so the job that follows is cheap and
+    the figure is the upload's own.
+    """
+    urls = [f"{origin}/missing/{k}/image.jpg" for k in range(rows * per_row)]
+    data = csv_bytes(urls, per_row)
+    service = ServiceProcess(workdir, {}, env)
+    startup = await service.start(session)
+    try:
+        before, _ = service.memory_mb()
+        service.reset_peak()
+        accepted = await upload(session, service.base_url, data)
+        _, peak = service.memory_mb()
+    finally:
+        await service.stop()
+    if accepted.images != len(urls):
+        raise SystemExit(f"the service counted {accepted.images} URLs, not {len(urls)}")
+    return Upload(rows, len(urls), len(data), accepted.seconds, before, peak, startup)
+
+
+@dataclass(frozen=True)
+class Latency:
+    rate: float
+    sent: int
+    answered: int
+    errors: int
+    skipped: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    job_running_after: bool
+    startup_seconds: float
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, round(fraction * len(sorted_values) + 0.5 - 1e-9))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+async def status_latency(
+    session: aiohttp.ClientSession,
+    workdir: Path,
+    origin: str,
+    corpus: Corpus,
+    rate: float,
+    seconds: float,
+    env: Mapping[str, str],
+) -> Latency:
+    """GET /status at a fixed rate (open loop) while a big job keeps the service busy.
+
+    Each latency counts from when its request was due, not when it was sent, so
+    a client that falls behind cannot hide the service's stalls.
+    """
+    count = max(200, int(seconds / LATENCY_JOB_SECONDS_PER_IMAGE))
+    service = ServiceProcess(workdir, {}, env)
+    startup = await service.start(session)
+    try:
+        accepted = await upload(
+            session, service.base_url, csv_bytes(corpus.urls(origin, count), URLS_PER_ROW)
+        )
+        url = f"{service.base_url}/status/{accepted.request_id}"
+        # Measure only once images are flowing through every stage.
+        await wait_until(
+            session, service.base_url, accepted.request_id, lambda d: d["images"]["succeeded"] > 4
+        )
+        latencies, errors, skipped, sent = await _open_loop(url, rate, seconds)
+        doc = await status(session, service.base_url, accepted.request_id)
+    finally:
+        await service.stop()
+    latencies.sort()
+    return Latency(
+        rate=rate,
+        sent=sent,
+        answered=len(latencies),
+        errors=errors,
+        skipped=skipped,
+        p50_ms=percentile(latencies, 0.50) * 1000,
+        p90_ms=percentile(latencies, 0.90) * 1000,
+        p99_ms=percentile(latencies, 0.99) * 1000,
+        max_ms=(latencies[-1] if latencies else float("nan")) * 1000,
+        job_running_after=doc["status"] == "processing",
+        startup_seconds=startup,
+    )
+
+
+async def _open_loop(url: str, rate: float, seconds: float) -> tuple[list[float], int, int, int]:
+    latencies: list[float] = []
+    failures = [0]
+    loop = asyncio.get_running_loop()
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
+
+    async def one(client: aiohttp.ClientSession, due: float) -> None:
+        try:
+            async with client.get(url) as resp:
+                await resp.read()
+                ok = resp.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            ok = False
+        if ok:
+            latencies.append(loop.time() - due)
+        else:
+            failures[0] += 1
+
+    total = int(rate * seconds)
+    skipped = 0
+    tasks: set[asyncio.Task[None]] = set()
+    connector = aiohttp.TCPConnector(limit=MAX_OUTSTANDING)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
+        start = loop.time() + 0.05
+        for i in range(total):
+            due = start + i / rate
+            if (delay := due - loop.time()) > 0:
+                await asyncio.sleep(delay)
+            if len(tasks) >= MAX_OUTSTANDING:
+                skipped += 1  # bounded: counted, never silently dropped
+                continue
+            task = asyncio.create_task(one(client, due))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        await asyncio.gather(*tasks)
+    return latencies, failures[0], skipped, total - skipped
