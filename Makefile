@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint typecheck demo bench clean
+.PHONY: install serve test lint typecheck demo bench screenshots clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ typecheck: $(STAMP)
 
 test: lint typecheck
 	$(BIN)/pytest -q
+
+# Refresh the README's screenshots (docs/*.png) from the browser test; needs /usr/bin/chromium.
+screenshots: $(STAMP)
+	CSVCOMPRESS_SCREENSHOTS=1 $(BIN)/pytest -q tests/test_browser.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-import mimetypes
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 import aiohttp
@@ -16,15 +16,13 @@ from .config import Settings
 from .db import Database
 from .fetcher import Fetcher
 from .jobs import JobQueue, Processor
+from .metrics import Metrics
 from .netguard import NetGuard, create_session
+from .retention import Retention
 from .storage import Storage, create_storage
 from .webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
-
-# Python's table predates these; without them /files/ would serve application/octet-stream.
-mimetypes.add_type("image/webp", ".webp")
-mimetypes.add_type("image/avif", ".avif")
 
 
 @dataclass
@@ -39,6 +37,8 @@ class Service:
     pool: ThreadPoolExecutor
     queue: JobQueue
     webhooks: WebhookSender
+    metrics: Metrics
+    retention: Retention
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -48,30 +48,39 @@ SERVICE = web.AppKey("service", Service)
 async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     imaging.configure(concurrency=1, pixel_budget=settings.workers.pixel_budget)
-    database = Database(settings.database.path)
-    await database.open()
+    # First, so a storage that cannot be configured stops the start before anything opens.
     storage = create_storage(settings)
-    await storage.start()
-    guard = NetGuard(settings.fetch)
-    session = create_session(settings.fetch, guard)
-    pool = cpupool.create(settings.workers)
-    webhooks = WebhookSender(settings, database, session)
-    processor = Processor(settings, Fetcher(settings.fetch, session), storage, pool)
-    queue = JobQueue(settings, database, processor, on_finished=webhooks.request_finished)
-    service = Service(settings, database, storage, guard, session, pool, queue, webhooks)
-    app[SERVICE] = service
-    await webhooks.start()
-    await queue.start()
-    log.info("csvcompress ready on %s", settings.server.base_url)
-    try:
+    # Whatever opened is closed again, in reverse order, even when a later step fails
+    # the start: an open aiosqlite thread would otherwise keep the process from exiting.
+    async with AsyncExitStack() as stack:
+        database = Database(settings.database.path)
+        await database.open()
+        stack.push_async_callback(database.close)
+        await storage.start()
+        stack.push_async_callback(storage.close)
+        guard = NetGuard(settings.fetch)
+        session = create_session(settings.fetch, guard)
+        stack.push_async_callback(session.close)
+        pool = cpupool.create(settings.workers)
+        stack.callback(pool.shutdown, wait=True, cancel_futures=True)
+        metrics = Metrics()
+        webhooks = WebhookSender(settings, database, guard, metrics)
+        processor = Processor(settings, Fetcher(settings.fetch, session), storage, pool, metrics)
+        queue = JobQueue(
+            settings, database, processor, on_finished=webhooks.request_finished, metrics=metrics
+        )
+        retention = Retention(settings, database, storage, queue)
+        app[SERVICE] = Service(
+            settings, database, storage, guard, session, pool, queue, webhooks, metrics, retention
+        )
+        stack.push_async_callback(webhooks.close)
+        await webhooks.start()
+        stack.push_async_callback(queue.stop)
+        await queue.start()
+        stack.push_async_callback(retention.close)
+        await retention.start()
+        log.info("csvcompress ready on %s", settings.server.base_url)
         yield
-    finally:
-        await queue.stop()
-        await webhooks.close()
-        pool.shutdown(wait=True, cancel_futures=True)
-        await session.close()
-        await storage.close()
-        await database.close()
 
 
 def create_app(settings: Settings) -> web.Application:

@@ -11,6 +11,8 @@ bare word taken as a string.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import ipaddress
 import os
@@ -29,6 +31,8 @@ ENV_PREFIX = "CSVCOMPRESS_"
 DEFAULT_CONFIG_PATH = Path("config.toml")
 
 MIB = 1024 * 1024
+# Shortest API key accepted: a short one could be guessed over HTTP.
+MIN_API_KEY_LENGTH = 16
 
 
 def _cpu_count() -> int:
@@ -52,6 +56,17 @@ class ServerSettings:
                 "server.public_url",
                 "must start with http:// or https://",
             )
+        if self.api_key:
+            _check(
+                len(self.api_key) >= MIN_API_KEY_LENGTH,
+                "server.api_key",
+                f"must be at least {MIN_API_KEY_LENGTH} characters (or empty for no key)",
+            )
+            _check(
+                self.api_key.isascii() and self.api_key.isprintable() and " " not in self.api_key,
+                "server.api_key",
+                "must be printable ASCII without spaces",
+            )
 
     @property
     def base_url(self) -> str:
@@ -69,13 +84,38 @@ class DatabaseSettings:
 
 @dataclass(frozen=True)
 class CloudinarySettings:
+    # Empty keys come from $CLOUDINARY_URL (cloudinary://api_key:api_secret@cloud_name).
     cloud_name: str = ""
     api_key: str = ""
-    api_secret: str = ""
+    api_secret: str = field(default="", repr=False)
+    # Prepended to every public ID: <folder>/<request_id>/<row>-<position>.
     folder: str = "csvcompress"
-    # Where the upload API lives; tests point it at a local fake.
+    # Where the API lives; empty means https://api.cloudinary.com (tests point it at a fake).
     upload_prefix: str = ""
+    # Uploads in flight at once, across all requests.
     concurrency: int = 8
+    # Seconds one API call may take.
+    timeout: float = 60.0
+    # Tries per upload on connection errors, 5xx and 429, back-off doubling from `backoff`.
+    attempts: int = 5
+    backoff: float = 1.0
+
+    def validate(self) -> None:
+        if self.upload_prefix:
+            _check(
+                self.upload_prefix.startswith(("http://", "https://")),
+                "storage.cloudinary.upload_prefix",
+                "must start with http:// or https://",
+            )
+        _check(
+            ".." not in self.folder.split("/"),
+            "storage.cloudinary.folder",
+            'must not contain ".."',
+        )
+        _check(self.concurrency >= 1, "storage.cloudinary.concurrency", "must be at least 1")
+        _check(self.timeout > 0, "storage.cloudinary.timeout", "must be positive")
+        _check(self.attempts >= 1, "storage.cloudinary.attempts", "must be at least 1")
+        _check(self.backoff >= 0, "storage.cloudinary.backoff", "must be 0 or more")
 
 
 @dataclass(frozen=True)
@@ -91,6 +131,7 @@ class StorageSettings:
             "storage.backend",
             'must be "local", "cloudinary" or "null"',
         )
+        self.cloudinary.validate()
 
 
 OUTPUT_FORMATS = ("keep", "jpeg", "webp", "avif", "png")
@@ -175,6 +216,28 @@ class LimitSettings:
             _check(getattr(self, name) > 0, f"limits.{name}", "must be positive")
 
 
+WEBHOOK_SECRET_PREFIX = "whsec_"
+# Standard Webhooks: an HMAC key of 24 to 64 random bytes, base64-encoded after the prefix.
+WEBHOOK_SECRET_BYTES = (24, 64)
+
+
+def webhook_secret_problem(secret: str) -> str | None:
+    """Why `secret` is not a usable whsec_ signing secret, or None when it is."""
+    low, high = WEBHOOK_SECRET_BYTES
+    expected = f'must be "{WEBHOOK_SECRET_PREFIX}" followed by base64 of {low} to {high} bytes'
+    if not secret.startswith(WEBHOOK_SECRET_PREFIX):
+        return expected
+    encoded = secret[len(WEBHOOK_SECRET_PREFIX) :]
+    try:
+        # Padding may be left off, as the standardwebhooks libraries allow.
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return f"{expected}; the part after the prefix is not base64"
+    if not low <= len(key) <= high:
+        return f"{expected}, not {len(key)}"
+    return None
+
+
 @dataclass(frozen=True)
 class WebhookSettings:
     # A whsec_... secret; empty means one is generated and kept in the data directory.
@@ -184,6 +247,9 @@ class WebhookSettings:
     retry_schedule: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
 
     def validate(self) -> None:
+        if self.secret:
+            problem = webhook_secret_problem(self.secret)
+            _check(problem is None, "webhook.secret", problem or "")
         _check(self.timeout > 0, "webhook.timeout", "must be positive")
         _check(len(self.retry_schedule) >= 1, "webhook.retry_schedule", "needs at least 1 entry")
         _check(
@@ -216,6 +282,18 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True)
+class RetentionSettings:
+    # Finished requests older than this many days are removed with their files; 0 keeps all.
+    days: int = 30
+    # Seconds between two sweeps for old requests.
+    interval: float = 3600.0
+
+    def validate(self) -> None:
+        _check(self.days >= 0, "retention.days", "must be 0 or more")
+        _check(self.interval > 0, "retention.interval", "must be positive")
+
+
+@dataclass(frozen=True)
 class LogSettings:
     level: str = "info"
     format: str = "text"
@@ -239,6 +317,7 @@ class Settings:
     limits: LimitSettings = field(default_factory=LimitSettings)
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
     workers: WorkerSettings = field(default_factory=WorkerSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
     def validate(self) -> Settings:
@@ -298,8 +377,18 @@ def replace_settings(settings: Settings, **sections: Mapping[str, Any]) -> Setti
     changed = {}
     for name, values in sections.items():
         section = getattr(settings, name)
-        changed[name] = dataclasses.replace(section, **values)
+        changed[name] = _replace(section, values)
     return dataclasses.replace(settings, **changed).validate()
+
+
+def _replace(obj: Any, values: Mapping[str, Any]) -> Any:
+    # Nested tables are merged, not swapped: storage={"cloudinary": {"folder": "x"}} works.
+    changed = {}
+    for name, value in values.items():
+        current = getattr(obj, name)
+        nested = dataclasses.is_dataclass(current) and isinstance(value, Mapping)
+        changed[name] = _replace(current, value) if nested else value
+    return dataclasses.replace(obj, **changed)
 
 
 def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:

@@ -15,9 +15,10 @@ import asyncio
 import itertools
 import logging
 import operator
+import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, closing
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +31,7 @@ from .models import (
     DeliveryState,
     ImageCounts,
     ImageJob,
+    ImageRecord,
     ImageResult,
     ImageStatus,
     RequestRecord,
@@ -40,6 +42,8 @@ log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 30_000
 INSERT_CHUNK = 5_000
+# Rows deleted per transaction when a request is removed, so workers are not held up.
+DELETE_CHUNK = 5_000
 
 # Each entry moves the schema one version forward; PRAGMA user_version says where a file is.
 MIGRATIONS: tuple[str, ...] = (
@@ -98,7 +102,27 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX deliveries_due ON deliveries(state, next_attempt_at);
     CREATE INDEX deliveries_by_request ON deliveries(request_id);
     """,
+    # 2: cancelling requests, retention sweeps, health checks.
+    """
+    ALTER TABLE requests ADD COLUMN images_skipped INTEGER NOT NULL DEFAULT 0;
+    -- Retention looks for finished requests by status and age; lookups by status alone
+    -- use the same index, so the older one goes.
+    CREATE INDEX requests_by_status_updated ON requests(status, updated_at);
+    DROP INDEX requests_by_status;
+    -- /healthz proves the database takes writes by committing this one row.
+    CREATE TABLE health (id INTEGER PRIMARY KEY CHECK (id = 1), checked_at TEXT NOT NULL);
+    """,
 )
+
+FINISHED_STATUSES = tuple(s for s in RequestStatus if s.finished)
+UNFINISHED_STATUSES = tuple(s for s in RequestStatus if not s.finished)
+# What the output CSV says about an image its request's cancellation left unprocessed.
+SKIPPED_REASON = "skipped: the request was cancelled"
+
+
+def _marks(values: Sequence[object]) -> str:
+    """The "?, ?, ?" of an IN clause with one parameter per value."""
+    return ", ".join("?" * len(values))
 
 
 def now_iso() -> str:
@@ -135,6 +159,9 @@ _REQUEST_COLUMNS = (
     "bytes_in, bytes_out"
 )
 
+
+# Above every requests.id: where a newest-first listing starts.
+_NO_CURSOR = 2**63 - 1
 
 _DELIVERY_COLUMNS = "id, request_id, url, state, attempts, next_attempt_at, last_status, last_error"
 
@@ -198,6 +225,20 @@ class Database:
             raise RuntimeError("database is not open")
         return self._conn
 
+    async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Run a query to its end in one call on the connection's thread.
+
+        Every read goes through here: a statement left open across an await (a cursor
+        read with fetchone, then closed later) would pin its snapshot for every other
+        statement on this shared connection, so a read could miss an upload committed
+        meanwhile, and BEGIN IMMEDIATE would fail at once with SQLITE_BUSY_SNAPSHOT.
+        """
+        return list(await self.conn.execute_fetchall(sql, params))
+
+    async def _row(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        rows = await self._rows(sql, params)
+        return rows[0] if rows else None
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         async with self._write_lock:
@@ -212,48 +253,61 @@ class Database:
     # --- requests ---------------------------------------------------------------
 
     async def get_request(self, request_id: str) -> RequestRecord | None:
-        async with self.conn.execute(
+        row = await self._row(
             f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE requestId = ?", (request_id,)
-        ) as cur:
-            row = await cur.fetchone()
+        )
         return _request_from_row(row) if row else None
 
     async def get_request_with_counts(
         self, request_id: str
     ) -> tuple[RequestRecord, ImageCounts] | None:
-        """get_request and get_counts in one trip to the database thread, not six.
-
-        (With aiosqlite, execute, fetchone and closing the cursor are a trip each.)
-        """
-        rows = await self.conn.execute_fetchall(
-            f"SELECT {_REQUEST_COLUMNS}, images_total, images_succeeded, images_failed "
-            "FROM requests WHERE requestId = ?",
+        """get_request and get_counts in one query: one trip to the database thread, not two."""
+        row = await self._row(
+            f"SELECT {_REQUEST_COLUMNS}, images_total, images_succeeded, images_failed, "
+            "images_skipped FROM requests WHERE requestId = ?",
             (request_id,),
         )
-        row = next(iter(rows), None)
         if row is None:
             return None
-        total, succeeded, failed = row[-3:]
-        return _request_from_row(row), ImageCounts(total, succeeded, failed)
+        return _request_from_row(row), ImageCounts(*row[-4:])
 
     async def get_counts(self, request_id: str) -> ImageCounts:
-        async with self.conn.execute(
-            "SELECT images_total, images_succeeded, images_failed FROM requests "
+        row = await self._row(
+            "SELECT images_total, images_succeeded, images_failed, images_skipped FROM requests "
             "WHERE requestId = ?",
             (request_id,),
-        ) as cur:
-            row = await cur.fetchone()
+        )
         if row is None:
             return ImageCounts()
-        return ImageCounts(total=row[0], succeeded=row[1], failed=row[2])
+        return ImageCounts(total=row[0], succeeded=row[1], failed=row[2], skipped=row[3])
+
+    async def list_requests(
+        self, *, status: RequestStatus | None, before: int | None, limit: int
+    ) -> list[tuple[int, RequestRecord, ImageCounts]]:
+        """Requests newest first, as (position for the next page's `before`, record, counts)."""
+        where = ["id < ?"]
+        params: list[int | str] = [before if before is not None else _NO_CURSOR]
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        rows = await self._rows(
+            "SELECT id, images_total, images_succeeded, images_failed, images_skipped, "
+            f"{_REQUEST_COLUMNS} FROM requests WHERE {' AND '.join(where)} "
+            "ORDER BY id DESC LIMIT ?",
+            (*params, limit),
+        )
+        return [
+            (row[0], _request_from_row(row[5:]), ImageCounts(row[1], row[2], row[3], row[4]))
+            for row in rows
+        ]
 
     async def unfinished_request_ids(self) -> list[str]:
         """Requests to resume at start, oldest first."""
-        async with self.conn.execute(
+        rows = await self._rows(
             "SELECT requestId FROM requests WHERE status IN (?, ?) ORDER BY id",
             (RequestStatus.PENDING, RequestStatus.PROCESSING),
-        ) as cur:
-            return [row[0] async for row in cur]
+        )
+        return [row[0] for row in rows]
 
     async def mark_processing(self, request_id: str) -> None:
         async with self.transaction() as conn:
@@ -271,23 +325,142 @@ class Database:
         error: str | None = None,
     ) -> None:
         async with self.transaction() as conn:
+            # A request cancelled while it was being finished stays cancelled.
             await conn.execute(
-                "UPDATE requests SET status = ?, outputFilePath = ?, error = ?, updated_at = ? "
-                "WHERE requestId = ?",
-                (status, output_file_path, error, now_iso(), request_id),
+                "UPDATE requests SET status = CASE WHEN status = ? THEN status ELSE ? END, "
+                "outputFilePath = ?, error = ?, updated_at = ? WHERE requestId = ?",
+                (RequestStatus.CANCELLED, status, output_file_path, error, now_iso(), request_id),
             )
+
+    # --- cancelling, retrying and removing requests --------------------------------
+
+    async def cancel_request(self, request_id: str) -> bool:
+        """Mark an unfinished request cancelled and skip its pending images.
+
+        False when the request is unknown or already finished.
+        """
+        stamp = now_iso()
+        async with self.transaction() as conn:
+            cur = await conn.execute(
+                f"UPDATE requests SET status = ?, updated_at = ? WHERE requestId = ? "
+                f"AND status IN ({_marks(UNFINISHED_STATUSES)})",
+                (RequestStatus.CANCELLED, stamp, request_id, *UNFINISHED_STATUSES),
+            )
+            if cur.rowcount == 0:
+                return False
+            cur = await conn.execute(
+                "UPDATE images SET status = ?, error = ?, error_code = ?, updated_at = ? "
+                "WHERE request_id = ? AND status = ?",
+                (
+                    ImageStatus.SKIPPED,
+                    SKIPPED_REASON,
+                    "cancelled",
+                    stamp,
+                    request_id,
+                    ImageStatus.PENDING,
+                ),
+            )
+            await conn.execute(
+                "UPDATE requests SET images_skipped = images_skipped + ? WHERE requestId = ?",
+                (cur.rowcount, request_id),
+            )
+        return True
+
+    async def requeue(self, request_id: str) -> int | None:
+        """Put a finished request's failed and skipped images back to pending.
+
+        The request becomes pending again, without output CSV or webhook delivery
+        (the next finish queues a new one). Returns how many
+        images were re-queued, or None when the request is unknown or not finished.
+        """
+        stamp = now_iso()
+        async with self.transaction() as conn:
+            cur = await conn.execute(
+                "UPDATE requests SET status = ?, outputFilePath = NULL, error = NULL, "
+                "images_failed = 0, images_skipped = 0, updated_at = ? WHERE requestId = ? "
+                f"AND status IN ({_marks(FINISHED_STATUSES)})",
+                (RequestStatus.PENDING, stamp, request_id, *FINISHED_STATUSES),
+            )
+            if cur.rowcount == 0:
+                return None
+            # The event sent for the earlier finish is superseded (one not delivered yet is
+            # dropped): when the request finishes again, a new event is queued.
+            await conn.execute("DELETE FROM deliveries WHERE request_id = ?", (request_id,))
+            cur = await conn.execute(
+                "UPDATE images SET status = ?, output_url = NULL, error = NULL, "
+                "error_code = NULL, bytes_in = 0, bytes_out = 0, updated_at = ? "
+                "WHERE request_id = ? AND status IN (?, ?)",
+                (
+                    ImageStatus.PENDING,
+                    stamp,
+                    request_id,
+                    ImageStatus.FAILED,
+                    ImageStatus.SKIPPED,
+                ),
+            )
+            return int(cur.rowcount)
+
+    async def finished_before(self, cutoff: str, limit: int) -> list[str]:
+        """Ids of finished requests last updated before `cutoff` (an ISO time), oldest first."""
+        rows = await self._rows(
+            f"SELECT requestId FROM requests WHERE status IN ({_marks(FINISHED_STATUSES)}) "
+            "AND updated_at < ? ORDER BY updated_at LIMIT ?",
+            (*FINISHED_STATUSES, cutoff, limit),
+        )
+        return [row[0] for row in rows]
+
+    async def request_files(self, request_id: str) -> list[str]:
+        """The files a request keeps beside the database: its uploaded and output CSVs."""
+        row = await self._row(
+            "SELECT input_path, outputFilePath FROM requests WHERE requestId = ?", (request_id,)
+        )
+        return [path for path in row or () if path]
+
+    async def delete_request(self, request_id: str) -> None:
+        """Remove a request's rows: images in chunks (the workers keep writing), then the rest."""
+        while True:
+            async with self.transaction() as conn:
+                cur = await conn.execute(
+                    "DELETE FROM images WHERE id IN "
+                    "(SELECT id FROM images WHERE request_id = ? LIMIT ?)",
+                    (request_id, DELETE_CHUNK),
+                )
+            if cur.rowcount < DELETE_CHUNK:
+                break
+        async with self.transaction() as conn:
+            await conn.execute("DELETE FROM deliveries WHERE request_id = ?", (request_id,))
+            await conn.execute("DELETE FROM requests WHERE requestId = ?", (request_id,))
+
+    # --- figures for /metrics ------------------------------------------------------
+
+    async def requests_by_status(self) -> dict[RequestStatus, int]:
+        """How many requests are in each status (every status listed, zeros included)."""
+        counts = dict.fromkeys(RequestStatus, 0)
+        for status, count in await self._rows(
+            "SELECT status, count(*) FROM requests GROUP BY status"
+        ):
+            counts[RequestStatus(status)] = count
+        return counts
+
+    async def queued_images(self) -> int:
+        """Images of unfinished requests that have no result yet."""
+        row = await self._row(
+            "SELECT coalesce(sum(images_total - images_succeeded - images_failed - "
+            f"images_skipped), 0) FROM requests WHERE status IN ({_marks(UNFINISHED_STATUSES)})",
+            UNFINISHED_STATUSES,
+        )
+        return int(row[0]) if row else 0
 
     # --- images -----------------------------------------------------------------
 
     async def pending_jobs(self, request_id: str, after_id: int, limit: int) -> list[ImageJob]:
         """The next pending distinct URLs of a request, in input order."""
-        async with self.conn.execute(
+        rows = await self._rows(
             "SELECT id, row, position, url, attempts FROM images "
             "WHERE request_id = ? AND id > ? AND status = ? AND source_id IS NULL "
             "ORDER BY id LIMIT ?",
             (request_id, after_id, ImageStatus.PENDING, limit),
-        ) as cur:
-            rows = await cur.fetchall()
+        )
         return [ImageJob(r[0], request_id, r[1], r[2], r[3], r[4]) for r in rows]
 
     async def record_image(self, job: ImageJob, result: ImageResult) -> int:
@@ -296,13 +469,46 @@ class Database:
         async with self.transaction() as conn:
             cur = await conn.execute(_RECORD_IMAGE, _record_image_params(job, result, stamp))
             changed = cur.rowcount
+            if not changed:
+                # The request was cancelled (or deleted) while this image was in flight.
+                return 0
             await conn.execute(_COUNT_RESULTS, _count_results_params(job, result, changed, stamp))
         return changed
+
+    async def image_page(self, request_id: str, after: int, limit: int) -> list[ImageRecord]:
+        """A request's images in input order, from the first with an id above `after`."""
+        rows = await self._rows(
+            "SELECT id, row, position, url, status, output_url, error, error_code, bytes_in, "
+            "bytes_out FROM images WHERE request_id = ? AND id > ? ORDER BY id LIMIT ?",
+            (request_id, after, limit),
+        )
+        return [
+            ImageRecord(
+                id=row[0],
+                row=row[1],
+                position=row[2],
+                url=row[3],
+                status=ImageStatus(row[4]),
+                output_url=row[5],
+                error=row[6],
+                error_code=row[7],
+                bytes_in=row[8],
+                bytes_out=row[9],
+            )
+            for row in rows
+        ]
 
     # --- webhook deliveries -----------------------------------------------------
 
     async def add_delivery(
-        self, delivery_id: str, request_id: str, event_type: str, url: str, payload: str
+        self,
+        delivery_id: str,
+        request_id: str,
+        event_type: str,
+        url: str,
+        payload: str,
+        *,
+        next_attempt_at: float | None = None,
     ) -> None:
         stamp = now_iso()
         async with self.transaction() as conn:
@@ -316,36 +522,34 @@ class Database:
                     url,
                     payload,
                     DeliveryState.PENDING,
-                    time.time(),
+                    time.time() if next_attempt_at is None else next_attempt_at,
                     stamp,
                     stamp,
                 ),
             )
 
     async def latest_delivery(self, request_id: str) -> DeliveryRecord | None:
-        async with self.conn.execute(
+        row = await self._row(
             f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE request_id = ? "
             "ORDER BY created_at DESC, rowid DESC LIMIT 1",
             (request_id,),
-        ) as cur:
-            row = await cur.fetchone()
+        )
         return _delivery_from_row(row) if row else None
 
     async def get_delivery(self, delivery_id: str) -> tuple[DeliveryRecord, str] | None:
         """A delivery and its payload."""
-        async with self.conn.execute(
+        row = await self._row(
             f"SELECT {_DELIVERY_COLUMNS}, payload FROM deliveries WHERE id = ?", (delivery_id,)
-        ) as cur:
-            row = await cur.fetchone()
+        )
         return (_delivery_from_row(row), str(row[-1])) if row else None
 
     async def due_delivery_ids(self) -> list[tuple[str, float]]:
         """Pending deliveries with the time each is due, soonest first."""
-        async with self.conn.execute(
+        rows = await self._rows(
             "SELECT id, next_attempt_at FROM deliveries WHERE state = ? ORDER BY next_attempt_at",
             (DeliveryState.PENDING,),
-        ) as cur:
-            return [(row[0], float(row[1] or 0)) async for row in cur]
+        )
+        return [(row[0], float(row[1] or 0)) for row in rows]
 
     async def record_attempt(
         self,
@@ -362,6 +566,39 @@ class Database:
                 "last_status = ?, last_error = ?, updated_at = ? WHERE id = ?",
                 (state, next_attempt_at, last_status, last_error, now_iso(), delivery_id),
             )
+
+    async def next_pending_deliveries(
+        self, exclude: Collection[str], limit: int
+    ) -> list[tuple[str, float]]:
+        """Up to `limit` pending deliveries not in `exclude`, with due times, soonest first."""
+        marks = ", ".join("?" * len(exclude))
+        rows = await self._rows(
+            "SELECT id, next_attempt_at FROM deliveries WHERE state = ? "
+            f"AND id NOT IN ({marks}) ORDER BY next_attempt_at LIMIT ?",
+            (DeliveryState.PENDING, *exclude, limit),
+        )
+        return [(row[0], float(row[1] or 0)) for row in rows]
+
+    async def requeue_delivery(self, delivery_id: str, next_attempt_at: float) -> None:
+        """Start a delivery over: pending, no attempts made, first attempt at `next_attempt_at`."""
+        async with self.transaction() as conn:
+            await conn.execute(
+                "UPDATE deliveries SET state = ?, attempts = 0, next_attempt_at = ?, "
+                "last_status = NULL, last_error = NULL, updated_at = ? WHERE id = ?",
+                (DeliveryState.PENDING, next_attempt_at, now_iso(), delivery_id),
+            )
+
+    async def finished_requests_without_delivery(self) -> list[str]:
+        """Finished requests with a webhook URL whose delivery was never created (a crash
+        between finishing the request and queueing its webhook), oldest first."""
+        rows = await self._rows(
+            "SELECT requestId FROM requests r WHERE status IN (?, ?, ?) "
+            "AND coalesce(webhookUrl, '') <> '' "
+            "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.request_id = r.requestId) "
+            "ORDER BY id",
+            (RequestStatus.COMPLETE, RequestStatus.FAILED, RequestStatus.CANCELLED),
+        )
+        return [row[0] for row in rows]
 
 
 # --- recording results (shared by record_image and record_images_sync) -------------
@@ -412,6 +649,38 @@ def _count_results_params(
 # --- work done in a thread -------------------------------------------------------
 
 
+class NotWritable(Exception):
+    """The database, or a file it needs, cannot be written."""
+
+
+def check_writable_sync(path: str | Path, timeout: float) -> None:
+    """Raise NotWritable or sqlite3.Error unless the database takes writes now and after a restart.
+
+    Two checks, because one connection cannot see everything. The files and their
+    directory must be writable for this process (a file made read-only or a
+    read-only file system shows here; SQLite itself would not notice until the
+    next start, as it reuses the file descriptor it already has open). And a real
+    write must commit, on a fresh connection, within `timeout` seconds (a full
+    disk, an I/O error or a lock held elsewhere shows there).
+    """
+    path = Path(path)
+    wal, shm = (path.with_name(f"{path.name}{suffix}") for suffix in ("-wal", "-shm"))
+    needed = [path, path.parent] + [f for f in (wal, shm) if f.exists()]
+    for target in needed:
+        # os.access, not open(): closing a descriptor of the database would drop the
+        # locks the service's own connections hold on it.
+        if not os.access(target, os.W_OK):
+            raise NotWritable(f"{target} is read-only")
+    uri = f"{path.resolve().as_uri()}?mode=rw"
+    with closing(sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)) as conn:
+        # Durable like the service's own writes (WAL + NORMAL): no fsync per probe.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        # On an error the connection closes with the transaction open: SQLite rolls it back.
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT OR REPLACE INTO health (id, checked_at) VALUES (1, ?)", (now_iso(),))
+        conn.execute("COMMIT")
+
+
 def record_images_sync(
     conn: sqlite3.Connection, results: Sequence[tuple[ImageJob, ImageResult]]
 ) -> list[int]:
@@ -426,7 +695,8 @@ def record_images_sync(
     try:
         for job, result in results:
             count = conn.execute(_RECORD_IMAGE, _record_image_params(job, result, stamp)).rowcount
-            conn.execute(_COUNT_RESULTS, _count_results_params(job, result, count, stamp))
+            if count:  # 0: the request was cancelled (or deleted) while the image was in flight
+                conn.execute(_COUNT_RESULTS, _count_results_params(job, result, count, stamp))
             changed.append(count)
     except BaseException:
         conn.execute("ROLLBACK")

@@ -150,8 +150,17 @@ class StorageError(CsvCompressError):
     retryable = True
 
 
+class StorageFailed(StorageError):
+    """This one object could not be stored and trying again now will not help: the backend
+    refused it, or kept failing through the backend's own retries."""
+
+    code = "storage_failed"
+    retryable = False
+
+
 class StorageRejected(StorageError):
-    """The storage backend refused for good (bad credentials, bad request)."""
+    """The storage backend refuses every write (bad credentials, disabled account): the
+    request's remaining images fail with the same reason, without being processed."""
 
     code = "storage_rejected"
     retryable = False

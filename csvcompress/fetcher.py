@@ -148,7 +148,9 @@ class Fetcher:
         return bytes(body)
 
 
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+def parse_retry_after(
+    value: str | None, now: datetime | None = None, *, cap: float = MAX_RETRY_AFTER
+) -> float | None:
     """Seconds a Retry-After header asks to wait (delta-seconds or HTTP date), capped."""
     if not value or not value.strip():
         return None
@@ -163,7 +165,7 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
         seconds = (when - (now or datetime.now(UTC))).total_seconds()
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+    return min(max(seconds, 0.0), cap)
 
 
 def _parse_url(url: str) -> URL:

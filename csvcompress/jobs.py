@@ -30,8 +30,10 @@ from .budget import ByteBudget
 from .config import LimitSettings, Settings
 from .csv_input import ImageOutcome
 from .db import Database
-from .errors import CsvCompressError, StorageError
+from .errors import CsvCompressError, StorageError, StorageRejected
 from .fetcher import Fetcher
+from .logs import REQUEST_ID
+from .metrics import Metrics
 from .models import ImageJob, ImageResult, RequestStatus
 from .recorder import ResultRecorder
 from .storage import Storage
@@ -72,6 +74,9 @@ class Scheduler:
     def __len__(self) -> int:
         return len(self._active)
 
+    def __contains__(self, request_id: object) -> bool:
+        return request_id in self._active
+
     async def add(self, request_id: str) -> None:
         async with self._wakeup:
             if request_id not in self._active:
@@ -82,6 +87,21 @@ class Scheduler:
         async with self._wakeup:
             self._closed = True
             self._wakeup.notify_all()
+
+    async def cancel(self, request_id: str) -> bool:
+        """Hand out no more of a request's jobs; False if the scheduler did not have it.
+
+        Jobs already handed out run to the end; when the last is done, the request
+        drains as usual.
+        """
+        async with self._wakeup:
+            entry = self._active.get(request_id)
+            if entry is None:
+                return False
+            entry.buffer.clear()
+            entry.exhausted = True
+            self._maybe_drained(entry)
+            return True
 
     async def next_job(self) -> ImageJob | None:
         """The next job, round-robin over requests; None once the scheduler is closed."""
@@ -143,31 +163,63 @@ class Processor:
     """Fetches, recompresses and stores one image; every failure becomes an ImageResult."""
 
     def __init__(
-        self, settings: Settings, fetcher: Fetcher, storage: Storage, pool: ThreadPoolExecutor
+        self,
+        settings: Settings,
+        fetcher: Fetcher,
+        storage: Storage,
+        pool: ThreadPoolExecutor,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
         self._fetcher = fetcher
         self._storage = storage
         self._pool = pool
+        self._metrics = metrics or Metrics()
+        # Requests whose storage refused every write, and why: their other images fail
+        # with that reason at once instead of being fetched and compressed for nothing.
+        self._rejected: dict[str, str] = {}
         # Downloaded images held for compression: bounded, see budget.py.
         self._downloads = ByteBudget(settings.fetch.buffer_bytes)
 
     async def process(self, job: ImageJob) -> ImageResult:
+        if (reason := self._rejected.get(job.request_id)) is not None:
+            return ImageResult(output_url=None, error=reason, error_code=StorageRejected.code)
+        stage = self._metrics.stage
         try:
             async with self._downloads.admit() as ticket:
-                fetched = await self._fetcher.fetch(job.url)
+                with stage("download"):
+                    fetched = await self._fetcher.fetch(job.url)
                 ticket.downloaded(len(fetched.data))
                 loop = asyncio.get_running_loop()
-                out = await loop.run_in_executor(
-                    self._pool, imaging.recompress, fetched.data, self._settings.images
-                )
+                with stage("compress"):
+                    out = await loop.run_in_executor(
+                        self._pool, imaging.recompress, fetched.data, self._settings.images
+                    )
             key = f"{job.request_id}/{job.row + 1}-{job.position + 1}{out.extension}"
-            url = await self._store(key, out.data, out.content_type)
+            with stage("store"):
+                url = await self._store(key, out.data, out.content_type)
+        except StorageRejected as exc:
+            self._reject(job.request_id, exc)
+            return ImageResult(output_url=None, error=exc.message, error_code=exc.code)
         except CsvCompressError as exc:
             return ImageResult(output_url=None, error=exc.message, error_code=exc.code)
         return ImageResult(
             output_url=url, error=None, bytes_in=len(fetched.data), bytes_out=len(out.data)
         )
+
+    def _reject(self, request_id: str, exc: StorageRejected) -> None:
+        # Several images may be refused at once; the request's log says it once.
+        if request_id not in self._rejected:
+            self._rejected[request_id] = exc.message
+            log.error(
+                "request %s: %s; its other images fail without being processed",
+                request_id,
+                exc.message,
+            )
+
+    def forget(self, request_id: str) -> None:
+        """The request is finished: drop what was remembered about it."""
+        self._rejected.pop(request_id, None)
 
     async def _store(self, key: str, data: bytes, content_type: str) -> str:
         for attempt in range(1, STORE_ATTEMPTS + 1):
@@ -189,16 +241,22 @@ class JobQueue:
         database: Database,
         processor: Processor,
         on_finished: FinishedCallback | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
         self._db = database
         self._processor = processor
         self._on_finished = on_finished
+        self._metrics = metrics or Metrics()
         self._scheduler = Scheduler(database, self._drained)
         self._recorder = ResultRecorder(database)
         self._workers: list[asyncio.Task[None]] = []
         self._finishing: set[asyncio.Task[None]] = set()
+        # Requests whose output CSV is being written: they cannot be deleted or retried yet.
+        self._finishing_ids: set[str] = set()
         self.outputs_dir = settings.data_dir / "outputs"
+        # Set once shutdown begins: no new work is taken in.
+        self.stopping = False
 
     @property
     def worker_count(self) -> int:
@@ -218,7 +276,51 @@ class JobQueue:
     async def submit(self, request_id: str) -> None:
         await self._scheduler.add(request_id)
 
+    def is_busy(self, request_id: str) -> bool:
+        """Whether images of the request are in flight or its output CSV is being written."""
+        return request_id in self._scheduler or request_id in self._finishing_ids
+
+    async def cancel(self, request_id: str) -> bool:
+        """Cancel an unfinished request; False if it is unknown or already finished.
+
+        Its pending images are skipped at once. Images already in flight run to the
+        end but their results are dropped; then the output CSV is written (with the
+        skipped images' reason in the Errors column) and the webhook is sent.
+        """
+        if not await self._db.cancel_request(request_id):
+            return False
+        log.info("request %s cancelled", request_id, extra={"request_id": request_id})
+        active = await self._scheduler.cancel(request_id)
+        if not active and request_id not in self._finishing_ids:
+            # Not in the scheduler (it drained already, or was never queued): finish it here.
+            self._drained(request_id)
+        return True
+
+    async def drain(self, grace: float) -> None:
+        """Take no new images, and give those in flight up to `grace` seconds to finish.
+
+        Whatever is not finished by then stays pending in SQLite for the next start.
+        """
+        self.stopping = True
+        await self._scheduler.close()
+        deadline = asyncio.get_running_loop().time() + grace
+        busy = [task for task in self._workers if not task.done()]
+        if busy:
+            await asyncio.wait(busy, timeout=grace)
+        remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+        if self._finishing:
+            await asyncio.wait(set(self._finishing), timeout=remaining)
+        unfinished = sum(not task.done() for task in busy)
+        if unfinished:
+            log.warning(
+                "shutdown grace of %g s is over: %d image(s) in flight stay pending for the next"
+                " start",
+                grace,
+                unfinished,
+            )
+
     async def stop(self) -> None:
+        self.stopping = True
         await self._scheduler.close()
         for task in self._workers:
             task.cancel()
@@ -230,11 +332,20 @@ class JobQueue:
 
     async def _work(self) -> None:
         while (job := await self._scheduler.next_job()) is not None:
+            REQUEST_ID.set(job.request_id)  # this worker's log lines are about this request
             try:
                 result = await self._processor.process(job)
                 if result.error:
-                    log.info("image failed", extra={"request_id": job.request_id, "url": job.url})
-                await self._recorder.record(job, result)
+                    # The reason goes as a field (JSON logs show it), not in the message: a
+                    # reason shared by every image of a request is logged once, where it arises.
+                    log.info(
+                        "image %s failed (%s)",
+                        job.url,
+                        result.error_code,
+                        extra={"error": result.error},
+                    )
+                images = await self._recorder.record(job, result)
+                self._metrics.image_recorded(result, images)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -246,14 +357,23 @@ class JobQueue:
     def _drained(self, request_id: str) -> None:
         task = asyncio.create_task(self._finish(request_id), name=f"finish-{request_id}")
         self._finishing.add(task)
-        task.add_done_callback(self._finishing.discard)
+        self._finishing_ids.add(request_id)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._finishing.discard(task)
+            self._finishing_ids.discard(request_id)
+
+        task.add_done_callback(done)
 
     async def _finish(self, request_id: str) -> None:
         """Write the output CSV, then mark the request finished, then notify."""
+        REQUEST_ID.set(request_id)  # in this task's own context
+        self._processor.forget(request_id)
         counts = await self._db.get_counts(request_id)
         if counts.pending:
-            # Images left pending by an internal error: leave them for the next start.
-            log.error("request %s drained with %d images pending", request_id, counts.pending)
+            # Images left pending by a stop or an internal error: leave them for the next start.
+            if not self.stopping:
+                log.error("request %s drained with %d images pending", request_id, counts.pending)
             return
         output = self.outputs_dir / f"{request_id}.csv"
         try:
@@ -270,7 +390,7 @@ class JobQueue:
             await self._db.finish_request(
                 request_id, RequestStatus.COMPLETE, output_file_path=str(output)
             )
-            log.info("request %s complete", request_id)
+            log.info("request %s finished: output CSV written", request_id)
         if self._on_finished is not None:
             with contextlib.suppress(Exception):
                 await self._on_finished(request_id)

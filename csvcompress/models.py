@@ -11,16 +11,20 @@ class RequestStatus(StrEnum):
     PROCESSING = "processing"
     COMPLETE = "complete"
     FAILED = "failed"
+    # Stopped by DELETE /requests/{id}: images without a result were skipped.
+    CANCELLED = "cancelled"
 
     @property
     def finished(self) -> bool:
-        return self in (RequestStatus.COMPLETE, RequestStatus.FAILED)
+        return self in (RequestStatus.COMPLETE, RequestStatus.FAILED, RequestStatus.CANCELLED)
 
 
 class ImageStatus(StrEnum):
     PENDING = "pending"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    # Never processed because its request was cancelled.
+    SKIPPED = "skipped"
 
     @property
     def final(self) -> bool:
@@ -38,18 +42,23 @@ class ImageCounts:
     total: int = 0
     succeeded: int = 0
     failed: int = 0
+    skipped: int = 0
 
     @property
     def pending(self) -> int:
-        return self.total - self.succeeded - self.failed
+        return self.total - self.succeeded - self.failed - self.skipped
 
     def to_json(self) -> dict[str, int]:
-        return {
+        doc = {
             "total": self.total,
             "succeeded": self.succeeded,
             "failed": self.failed,
             "pending": self.pending,
         }
+        # Only a cancelled request has skipped images; other documents keep their four keys.
+        if self.skipped:
+            doc["skipped"] = self.skipped
+        return doc
 
 
 @dataclass(frozen=True)
@@ -103,3 +112,19 @@ class DeliveryRecord:
     next_attempt_at: float | None
     last_status: int | None
     last_error: str | None
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image of a request as the API shows it; `row` and `position` are 0-based."""
+
+    id: int
+    row: int
+    position: int
+    url: str
+    status: ImageStatus
+    output_url: str | None
+    error: str | None
+    error_code: str | None
+    bytes_in: int
+    bytes_out: int

@@ -18,6 +18,7 @@ them (IPv4-mapped, IPv4-compatible, 6to4, NAT64, Teredo). Networks listed in
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
 import logging
@@ -300,3 +301,33 @@ def create_session(
         trust_env=False,
         auto_decompress=True,
     )
+
+
+# --- checking ahead of time -----------------------------------------------------
+
+
+async def check_destination(guard: NetGuard, host: str, port: int) -> None:
+    """Check now every address `host` stands for, without connecting to any.
+
+    For URLs that are accepted now and dialled later, such as a webhook URL
+    given at upload: the user hears at once that it can never be reached. It
+    does not replace the connector's check when the connection is made (the
+    name may resolve differently by then). `host` is as a URL carries it
+    (IPv6 without brackets, IDNA-encoded). Raises AddressNotAllowed for a
+    refused address or spelling; OSError (socket.gaierror) when the name does
+    not resolve. Wrap it in asyncio.timeout: resolving may take long.
+    """
+    try:
+        literal: IPAddress | None = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        literal = None
+    if literal is not None:
+        guard.check_address(literal)
+        return
+    guard.check_host_spelling(host)
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if not infos:
+        raise socket.gaierror(socket.EAI_NONAME, f"no address for {host}")
+    for _family, _type, _proto, _canon, sockaddr in infos:
+        guard.check_address(str(sockaddr[0]))

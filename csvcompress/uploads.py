@@ -1,8 +1,15 @@
 """Taking an upload in: stream it to disk, validate it, store the request.
 
 The body is written to disk as it arrives, never held whole in memory, and
-refused as soon as it passes the size limit. Validation and the database
-insert run in a thread so a 100,000-row file does not stall the event loop.
+refused as soon as it passes the size limit: every byte of the body counts
+(the file, other fields, the multipart framing), whether or not it is declared
+in Content-Length, so a chunked body that never ends is cut off too.
+Validation and the database insert run in a thread so a 100,000-row file
+does not stall the event loop.
+
+A webhook URL is checked against the network guard before the upload is
+accepted: its host is resolved and every address it stands for must be one
+the service may connect to (see netguard.check_destination).
 """
 
 from __future__ import annotations
@@ -11,21 +18,28 @@ import asyncio
 import contextlib
 import os
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 from urllib.parse import urlsplit
 
 import aiofiles
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, MultipartReader, StreamReader, web
+from aiohttp.http_exceptions import BadHttpMessage
+from yarl import URL
 
 from . import csv_input, db
 from .config import LimitSettings, Settings
-from .errors import BadRequest, PayloadTooLarge
+from .errors import AddressNotAllowed, BadRequest, PayloadTooLarge
+from .netguard import NetGuard, check_destination
 
 FILE_FIELD = "file"
 WEBHOOK_FIELD = "webhook_url"
 MAX_WEBHOOK_URL_LENGTH = 2048
 CHUNK = 256 * 1024
+# Seconds a webhook host may take to resolve at upload before the upload is refused.
+WEBHOOK_RESOLVE_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +64,30 @@ def check_webhook_url(url: str) -> str:
     return url
 
 
+async def check_webhook_destination(url: str, guard: NetGuard) -> None:
+    """Refuse (400) a webhook URL whose host is or resolves to an address the guard refuses.
+
+    Delivery is checked again when it connects; this tells the user now.
+    """
+    try:
+        parsed = URL(url)
+    except ValueError:
+        raise BadRequest("webhook_url must be an absolute http:// or https:// URL") from None
+    host = parsed.raw_host or ""
+    prefix = "webhook_url not allowed"
+    try:
+        async with asyncio.timeout(WEBHOOK_RESOLVE_TIMEOUT):
+            await check_destination(guard, host, parsed.port or 0)
+    except AddressNotAllowed as exc:
+        raise BadRequest(f"{prefix}: {exc.message}") from None
+    except TimeoutError:
+        raise BadRequest(
+            f"{prefix}: looking up {host} took longer than {WEBHOOK_RESOLVE_TIMEOUT:g} s"
+        ) from None
+    except OSError:
+        raise BadRequest(f"{prefix}: cannot resolve {host}") from None
+
+
 async def receive(request: web.Request, settings: Settings) -> tuple[Path, str | None]:
     """Stream the multipart body's CSV to a file; returns (path, webhook URL)."""
     limits = settings.limits
@@ -61,41 +99,88 @@ async def receive(request: web.Request, settings: Settings) -> tuple[Path, str |
         )
     uploads = settings.data_dir / "uploads"
     await asyncio.to_thread(uploads.mkdir, parents=True, exist_ok=True)
-    webhook = request.query.get(WEBHOOK_FIELD) or None
-    path: Path | None = None
+    form = _Form(webhook=request.query.get(WEBHOOK_FIELD) or None)
     try:
-        reader = await request.multipart()
+        await _read_form(request, limits, uploads, form)
+        if form.path is None:
+            raise BadRequest("no file: send the CSV in a form field named 'file'")
+        webhook = form.webhook.strip() if form.webhook else None
+        if webhook:
+            webhook = check_webhook_url(webhook)
+            await check_webhook_destination(webhook, NetGuard(settings.fetch))
+    except BaseException:
+        if form.path is not None:
+            await asyncio.to_thread(_unlink_quietly, form.path)
+        raise
+    return form.path, webhook or None
+
+
+@dataclass
+class _Form:
+    webhook: str | None
+    path: Path | None = None
+
+
+async def _read_form(
+    request: web.Request, limits: LimitSettings, uploads: Path, form: _Form
+) -> None:
+    body = _CappedBody(request.content, limits)
+    try:
+        reader = MultipartReader(request.headers, cast(StreamReader, body))
         while (part := await reader.next()) is not None:
             if not isinstance(part, BodyPartReader):
                 continue
-            if part.name == FILE_FIELD and path is None:
-                path = uploads / f"{new_request_id()}.csv.part"
-                await _save(part, path, limits)
+            if part.name == FILE_FIELD and form.path is None:
+                form.path = uploads / f"{new_request_id()}.csv.part"
+                await _save(part, form.path)
             elif part.name == WEBHOOK_FIELD:
                 text = (await part.read_chunk(MAX_WEBHOOK_URL_LENGTH + 1)).decode(errors="replace")
-                webhook = text or webhook
-    except BaseException:
-        if path is not None:
-            await asyncio.to_thread(_unlink_quietly, path)
-        raise
-    if path is None:
-        raise BadRequest("no file: send the CSV in a form field named 'file'")
-    if webhook is not None and webhook.strip() == "":
-        webhook = None
-    try:
-        return path, (check_webhook_url(webhook) if webhook else None)
-    except BadRequest:
-        await asyncio.to_thread(_unlink_quietly, path)
-        raise
+                form.webhook = text or form.webhook
+    except (ValueError, BadHttpMessage) as exc:
+        # aiohttp's multipart reader says "malformed" with these.
+        raise BadRequest(f"the multipart/form-data body is malformed: {exc}") from None
 
 
-async def _save(part: BodyPartReader, path: Path, limits: LimitSettings) -> None:
-    size = 0
+class _CappedBody:
+    """The request body as the multipart reader takes it, refused past the upload limit.
+
+    Every byte the reader takes counts: the file, fields and parts we skip,
+    the preamble and the part headers. aiohttp's MultipartReader and
+    BodyPartReader use exactly these four methods of their stream (see the
+    test of an endless preamble in tests/test_uploads.py).
+    """
+
+    def __init__(self, stream: StreamReader, limits: LimitSettings) -> None:
+        self._stream = stream
+        self._limits = limits
+        self._taken = 0
+
+    async def readline(self, *, max_line_length: int | None = None) -> bytes:
+        return self._take(await self._stream.readline(max_line_length=max_line_length))
+
+    async def read(self, n: int = -1) -> bytes:
+        return self._take(await self._stream.read(n))
+
+    def unread_data(self, data: bytes) -> None:
+        self._taken -= len(data)
+        with warnings.catch_warnings():
+            # Deprecated in aiohttp, and called by its own multipart reader.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self._stream.unread_data(data)
+
+    def at_eof(self) -> bool:
+        return self._stream.at_eof()
+
+    def _take(self, data: bytes) -> bytes:
+        self._taken += len(data)
+        if self._taken > self._limits.max_upload_bytes:
+            raise _too_large(self._limits)
+        return data
+
+
+async def _save(part: BodyPartReader, path: Path) -> None:
     async with aiofiles.open(path, "wb") as f:
         while chunk := await part.read_chunk(CHUNK):
-            size += len(chunk)
-            if size > limits.max_upload_bytes:
-                raise _too_large(limits)
             await f.write(chunk)
 
 

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from . import uploads
+from . import api, imaging, pages, uploads
 from .app import SERVICE
+from .auth import setup_api_key
 from .config import Settings
+from .control import setup_control_routes
 from .documents import status_document, status_url
-from .errors import CsvCompressError, NotFound
+from .errors import CsvCompressError, NotFound, StorageError
+from .ops import setup_ops_routes
+from .storage import LocalStorage
+from .webhook_routes import setup_webhook_routes
 
 log = logging.getLogger(__name__)
 
-STATIC_DIR = Path(__file__).parent / "static"
+KEPT_ERROR_HEADERS = frozenset({"Allow", "WWW-Authenticate", "Retry-After", "Location"})
 
 
 @web.middleware
@@ -30,7 +34,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return web.json_response({"error": exc.reason}, status=exc.status, headers=exc.headers)
+        # Keep headers that mean something to the client (Allow on 405), not the text body's.
+        kept = {k: v for k, v in exc.headers.items() if k in KEPT_ERROR_HEADERS}
+        return web.json_response({"error": exc.reason}, status=exc.status, headers=kept)
     except asyncio.CancelledError:
         raise
     except Exception:
@@ -87,17 +93,41 @@ async def output_csv(request: web.Request) -> web.FileResponse:
     )
 
 
-async def index(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(STATIC_DIR / "index.html")
+# Output files are named by the service, so the extension says the type; aiohttp's own
+# guess depends on the host's mime.types and misses WebP and AVIF on slim systems.
+FILE_TYPES = {extension: content_type for content_type, extension in imaging.MEDIA.values()}
+# An output URL always names the same bytes, except after a retry rewrites it.
+FILE_CACHE_CONTROL = "public, max-age=86400"
+
+
+async def stored_file(request: web.Request) -> web.FileResponse:
+    service = request.app[SERVICE]
+    key = request.match_info["key"]
+    storage = service.storage
+    if not isinstance(storage, LocalStorage):
+        raise NotFound("no such file")
+    try:
+        path = storage.path_for(key)
+    except StorageError:
+        raise NotFound("no such file") from None
+    content_type = FILE_TYPES.get(path.suffix.lower())
+    if content_type is None or not await asyncio.to_thread(path.is_file):
+        raise NotFound("no such file")
+    return web.FileResponse(
+        path, headers={"Content-Type": content_type, "Cache-Control": FILE_CACHE_CONTROL}
+    )
 
 
 def setup_routes(app: web.Application, settings: Settings) -> None:
     app.middlewares.append(error_middleware)
-    app.router.add_get("/", index)
+    setup_api_key(app, settings.server)
+    pages.setup_page_routes(app)
+    api.setup_api_routes(app)
     app.router.add_post("/upload", upload)
     app.router.add_get("/status/{request_id}", status)
     app.router.add_get("/requests/{request_id}/output.csv", output_csv)
+    setup_webhook_routes(app)
     if settings.storage.backend == "local":
-        files = Path(settings.storage.dir)
-        files.mkdir(parents=True, exist_ok=True)
-        app.router.add_static("/files", files, follow_symlinks=False)
+        app.router.add_get("/files/{key:.+}", stored_file)
+    setup_ops_routes(app)
+    setup_control_routes(app)

@@ -193,3 +193,40 @@ def csv_bytes(
     writer.writerow(header)
     writer.writerows(rows)
     return out.getvalue().encode()
+
+
+# --- a webhook receiver ------------------------------------------------------------
+
+
+@dataclass
+class HookReceiver:
+    """A real HTTP endpoint answering 200 to every POST; keeps the JSON bodies."""
+
+    url: str
+    received: list[dict[str, Any]] = field(default_factory=list)
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(self.received)} deliveries, expected {count}")
+            await asyncio.sleep(0.02)
+        return self.received
+
+
+@pytest.fixture
+async def hook_receiver() -> AsyncIterator[HookReceiver]:
+    port = free_port()
+    receiver = HookReceiver(url=f"http://127.0.0.1:{port}/hook")
+
+    async def hook(request: web.Request) -> web.Response:
+        receiver.received.append(await request.json())
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield receiver
+    await runner.cleanup()

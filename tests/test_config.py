@@ -63,11 +63,26 @@ def test_env_overrides_single_keys(tmp_path: Path) -> None:
         ({"fetch": {"allowed_networks": ["nope"]}}, "'nope' is not a network"),
         ({"fetch": {"allowed_networks": "10.0.0.0/8"}}, "fetch.allowed_networks: must be a list"),
         ({"storage": {"backend": "s3"}}, "storage.backend: must be"),
+        (
+            {"storage": {"cloudinary": {"concurrency": 0}}},
+            "storage.cloudinary.concurrency: must be at least 1",
+        ),
+        (
+            {"storage": {"cloudinary": {"upload_prefix": "api.example"}}},
+            "storage.cloudinary.upload_prefix: must start with http:// or https://",
+        ),
+        (
+            {"storage": {"cloudinary": {"secret": "x"}}},
+            "unknown setting: storage.cloudinary.secret",
+        ),
         ({"webhook": {"retry_schedule": [1, -1]}}, "webhook.retry_schedule: entries must be"),
         ({"images": {"optimize_coding": 1}}, "images.optimize_coding: must be true or false"),
         ({"images": {"engine": "magick"}}, "images.engine: must be one of"),
         ({"workers": {"nice": 20}}, "workers.nice: must be between 0 and 19"),
         ({"server": 3}, "server: must be a table"),
+        ({"retention": {"days": -1}}, "retention.days: must be 0 or more"),
+        ({"retention": {"interval": 0}}, "retention.interval: must be positive"),
+        ({"log": {"format": "yaml"}}, 'log.format: must be "text" or "json"'),
     ],
 )
 def test_bad_settings_name_the_key(raw: dict[str, object], message: str) -> None:
@@ -89,3 +104,16 @@ def test_floats_accept_whole_numbers_and_base_url_is_derived() -> None:
     assert settings.server.base_url == "http://127.0.0.1:8080"
     public = replace_settings(settings, server={"public_url": "https://img.example.com/"})
     assert public.server.base_url == "https://img.example.com"
+
+
+def test_replace_settings_merges_nested_tables() -> None:
+    settings = replace_settings(
+        Settings(), storage={"backend": "cloudinary", "cloudinary": {"folder": "shop"}}
+    )
+    assert settings.storage.backend == "cloudinary"
+    assert settings.storage.cloudinary.folder == "shop"
+    # Keys not named keep their values.
+    assert settings.storage.cloudinary.concurrency == 8
+    assert settings.storage.dir == "data/storage"
+    with pytest.raises(ConfigError, match=r"storage\.cloudinary\.attempts: must be at least 1"):
+        replace_settings(settings, storage={"cloudinary": {"attempts": 0}})

@@ -398,10 +398,15 @@ def test_truncated_utf8_at_the_end(tmp_path: Path) -> None:
 # --- garbage is answered fast -----------------------------------------------------------
 
 
+# A guard against quadratic blow-ups (which take minutes on these inputs), not a speed
+# measurement: the bound is loose so a busy machine cannot fail it. Speed is `make bench`'s.
+FAST_ENOUGH_SECONDS = 15.0
+
+
 def _refused_fast(path: Path) -> list[tuple[int, str, str]]:
     start = time.perf_counter()
     found = problems(path)
-    assert time.perf_counter() - start < 2.0
+    assert time.perf_counter() - start < FAST_ENOUGH_SECONDS
     return found
 
 
@@ -455,8 +460,8 @@ def test_100k_rows_are_validated_and_read_quickly(tmp_path: Path) -> None:
     done = time.perf_counter()
     assert (summary.rows, summary.images, images) == (100_000, 300_000, 300_000)
     # Measured around 0.4 s each on the 2-core dev box; the bound only catches blow-ups.
-    assert validated - start < 2.5
-    assert done - validated < 2.5
+    assert validated - start < FAST_ENOUGH_SECONDS
+    assert done - validated < FAST_ENOUGH_SECONDS
 
 
 # --- split_urls -----------------------------------------------------------------------------
@@ -656,7 +661,7 @@ def test_validate_answers_any_bytes_with_a_summary_or_csv_invalid(
         assert all(p.line >= 1 for p in error.problems)
         return
     finally:
-        assert time.perf_counter() - start < 1.0
+        assert time.perf_counter() - start < FAST_ENOUGH_SECONDS
     # Accepted: pass 2 and the output agree with the summary.
     rows = list(iter_rows(path, summary))
     assert len(rows) == summary.rows

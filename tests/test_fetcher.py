@@ -321,7 +321,7 @@ async def test_content_length_over_limit_is_refused_before_reading(
     with pytest.raises(TooLarge) as info:
         await make_fetcher(max_bytes=1_000_000).fetch(origin.url("/claims-huge"))
     # The body never arrives; reading it would have hung until a timeout.
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 5
     assert info.value.message == "image is larger than the limit of 1000000 bytes"
     assert origin.hits["/claims-huge"] == 1
 
@@ -330,7 +330,7 @@ async def test_endless_body_is_cut_at_the_limit(origin: Origin, make_fetcher: Ma
     started = time.monotonic()
     with pytest.raises(TooLarge) as info:
         await make_fetcher(max_bytes=1_000_000).fetch(origin.url("/endless"))
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 5
     assert info.value.message == "image is larger than the limit of 1000000 bytes"
     assert origin.hits["/endless"] == 1
 
@@ -381,7 +381,7 @@ async def test_stalled_body_is_cut_by_the_read_timeout(
     started = time.monotonic()
     with pytest.raises(FetchRetryable) as info:
         await make_fetcher(timeout=5, read_timeout=0.3, attempts=1).fetch(origin.url("/stall"))
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 5
     assert info.value.message == "timed out waiting for data from origin"
 
 
@@ -476,8 +476,8 @@ async def test_loopback_is_refused_by_default(
     listener = await make_listener("127.0.0.1")
     started = time.monotonic()
     with pytest.raises(AddressNotAllowed, match=r"^address not allowed: "):
-        await make_fetcher(FetchSettings(backoff=1)).fetch(f"http://{host}:{listener.port}/x")
-    assert time.monotonic() - started < 0.9  # not retried (a retry would wait 1 s)
+        await make_fetcher(FetchSettings(backoff=20)).fetch(f"http://{host}:{listener.port}/x")
+    assert time.monotonic() - started < 10  # not retried (a retry would wait 20 s)
     assert listener.connections == 0
 
 

@@ -451,7 +451,8 @@ def test_pixel_bomb_is_refused_from_the_header_without_decoding() -> None:
     elapsed = time.perf_counter() - started
     grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before
     assert reason == "image too large: 40000x40000 pixels exceeds the limit of 100000000"
-    assert elapsed < 0.5
+    # Decoding would take tens of seconds; the loose bound keeps a busy machine from failing it.
+    assert elapsed < 5
     # Decoding would need 1.6 GB for one greyscale band.
     assert grown_kib < 64 * 1024
 

@@ -28,6 +28,7 @@ from csvcompress.netguard import (
     AddressRefusedError,
     GuardedConnector,
     NetGuard,
+    check_destination,
     create_session,
     embedded_ipv4,
     guarded_socket_factory,
@@ -613,3 +614,43 @@ async def test_user_agent_is_sent(aiohttp_server: Callable[..., Awaitable[TestSe
         session.get(server.make_url("/")) as resp,
     ):
         assert await resp.text() == "test-agent/1"
+
+
+# --- checking ahead of time (webhook URLs at upload) ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "message"),
+    [
+        ("10.0.0.5", "address not allowed: 10.0.0.5"),
+        (
+            "::ffff:a00:5",
+            f"address not allowed: {ipaddress.ip_address('::ffff:a00:5')} (carries 10.0.0.5)",
+        ),
+        ("fe80::1%25eth0", "address not allowed: fe80::1"),
+        ("localhost", "address not allowed: 127.0.0.1"),
+        ("0x7f.1", "address not allowed: 127.0.0.1"),
+        (
+            "0x8.0x8.0x8.0x8",
+            "address not allowed: 0x8.0x8.0x8.0x8 (an unusual spelling of 8.8.8.8)",
+        ),
+    ],
+)
+async def test_check_destination_refuses(host: str, message: str) -> None:
+    with pytest.raises(AddressNotAllowed) as info:
+        await check_destination(DEFAULT_GUARD, host, 80)
+    assert info.value.message == message
+
+
+async def test_check_destination_allows_exempt_names_and_public_literals() -> None:
+    await check_destination(
+        NetGuard(FetchSettings(allowed_networks=("127.0.0.0/8",))), "localhost", 80
+    )
+    # A literal is judged without a lookup (nothing is resolved, nothing dialled).
+    await check_destination(DEFAULT_GUARD, "93.184.215.14", 443)
+    await check_destination(DEFAULT_GUARD, "2606:2800:21f:cb07:6820:80da:af6b:8b2c", 443)
+
+
+async def test_check_destination_unresolvable_name_is_an_oserror() -> None:
+    with pytest.raises(socket.gaierror):
+        await check_destination(DEFAULT_GUARD, "nothing.invalid", 80)

@@ -169,3 +169,14 @@ async def test_index_serves_the_upload_form(create_service: ServiceFactory) -> N
     async with service.client.get(f"{service.url}/") as resp:
         assert resp.status == 200
         assert "<form" in await resp.text()
+
+
+async def test_unknown_route_and_wrong_method_are_json(create_service: ServiceFactory) -> None:
+    service = await create_service()
+    async with service.client.get(f"{service.url}/nowhere") as resp:
+        assert resp.status == 404
+        assert await resp.json() == {"error": "Not Found"}
+    async with service.client.get(f"{service.url}/upload") as resp:
+        assert resp.status == 405
+        assert resp.headers["Allow"] == "POST"
+        assert await resp.json() == {"error": "Method Not Allowed"}

@@ -7,10 +7,18 @@ from collections.abc import Callable
 from ..config import Settings
 from ..errors import ConfigError
 from .base import Storage
+from .cloudinary import CloudinaryStorage
 from .local import LocalStorage
 from .null import NullStorage
 
-__all__ = ["BACKENDS", "LocalStorage", "NullStorage", "Storage", "create_storage"]
+__all__ = [
+    "BACKENDS",
+    "CloudinaryStorage",
+    "LocalStorage",
+    "NullStorage",
+    "Storage",
+    "create_storage",
+]
 
 
 def _local(settings: Settings) -> Storage:
@@ -21,10 +29,15 @@ def _null(settings: Settings) -> Storage:
     return NullStorage(f"{settings.server.base_url}/files")
 
 
+def _cloudinary(settings: Settings) -> Storage:
+    return CloudinaryStorage(settings.storage.cloudinary)
+
+
 # A typed registry rather than dotted import strings: mypy checks every entry.
 BACKENDS: dict[str, Callable[[Settings], Storage]] = {
     "local": _local,
     "null": _null,
+    "cloudinary": _cloudinary,
 }
 
 

@@ -14,7 +14,11 @@ class Storage(Protocol):
         """Check settings and open what the backend needs; raise ConfigError if unusable."""
 
     async def put(self, key: str, data: bytes, content_type: str) -> str:
-        """Store `data` under `key` (overwriting: a retried put is harmless); return its URL."""
+        """Store `data` under `key` (overwriting: a retried put is harmless); return its URL.
+
+        Raises StorageError; StorageRejected when the backend refuses every write (bad
+        credentials), which fails the request's remaining images at once.
+        """
         ...
 
     async def delete_prefix(self, prefix: str) -> None:

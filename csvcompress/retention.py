@@ -1,0 +1,131 @@
+"""Removing requests: on a schedule once they are old, or at once on DELETE /requests/{id}.
+
+A request is removed files first (its output images in storage, its output CSV,
+its uploaded CSV), rows last, so a crash half-way leaves a row that the next
+sweep removes again rather than files that nothing points at any more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from .config import Settings
+from .db import Database
+from .errors import StorageError
+from .jobs import JobQueue
+from .logs import request_context
+from .storage import Storage
+
+log = logging.getLogger(__name__)
+
+# Requests looked at per query during a sweep.
+SWEEP_BATCH = 100
+
+
+def iso_cutoff(now: datetime, days: int) -> str:
+    """The updated_at (as db.now_iso writes it) before which a request is `days` old."""
+    cutoff = now.astimezone(UTC) - timedelta(days=days)
+    return cutoff.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Retention:
+    """Removes requests, and sweeps old finished ones every `[retention] interval` seconds."""
+
+    def __init__(
+        self, settings: Settings, database: Database, storage: Storage, queue: JobQueue
+    ) -> None:
+        self._settings = settings.retention
+        self._db = database
+        self._storage = storage
+        self._queue = queue
+        self._task: asyncio.Task[None] | None = None
+        self._removing: set[str] = set()
+
+    async def start(self) -> None:
+        if self._settings.days > 0:
+            self._task = asyncio.create_task(self._run(), name="retention")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def is_removing(self, request_id: str) -> bool:
+        return request_id in self._removing
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.sweep(datetime.now(UTC))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception(
+                    "retention sweep failed; trying again in %g s", self._settings.interval
+                )
+            await asyncio.sleep(self._settings.interval)
+
+    async def sweep(self, now: datetime) -> int:
+        """Remove every finished request last updated more than `days` before `now`."""
+        if self._settings.days == 0:
+            return 0
+        cutoff = iso_cutoff(now, self._settings.days)
+        removed = 0
+        skipped: set[str] = set()
+        while True:
+            # Removed requests leave the result; those skipped stay in it, so ask for more.
+            found = await self._db.finished_before(cutoff, SWEEP_BATCH + len(skipped))
+            todo = [request_id for request_id in found if request_id not in skipped]
+            if not todo:
+                break
+            for request_id in todo:
+                if self._queue.is_busy(request_id) or not await self.remove(request_id):
+                    skipped.add(request_id)
+                else:
+                    removed += 1
+        if removed:
+            log.info(
+                "retention: removed %d request(s) finished more than %d days ago",
+                removed,
+                self._settings.days,
+            )
+        return removed
+
+    async def remove(self, request_id: str) -> bool:
+        """Remove a request's images, CSVs and rows; False if storage refused (kept for later)."""
+        if request_id in self._removing:
+            return False
+        self._removing.add(request_id)
+        try:
+            with request_context(request_id):
+                return await self._remove(request_id)
+        finally:
+            self._removing.discard(request_id)
+
+    async def _remove(self, request_id: str) -> bool:
+        try:
+            await self._storage.delete_prefix(f"{request_id}/")
+        except StorageError as exc:
+            log.warning("could not remove the images of request %s: %s", request_id, exc.message)
+            return False
+        files = [Path(p) for p in await self._db.request_files(request_id)]
+        files.append(self._queue.outputs_dir / f"{request_id}.csv")
+        await asyncio.to_thread(_unlink_all, files)
+        await self._db.delete_request(request_id)
+        log.info("request %s removed with its files", request_id)
+        return True
+
+
+def _unlink_all(paths: list[Path]) -> None:
+    for path in paths:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            # A file we cannot remove must not keep the rows (and the next files) alive.
+            log.warning("could not remove %s: %s", path, exc.strerror or exc)

@@ -1,0 +1,110 @@
+"""The service as a real process: started from a config file, stopped with signals."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.conftest import free_port
+
+# Run in the child before the service: as root, give up the capabilities that let root
+# write to files whatever their mode (DAC override), so a chmod means what it says.
+_DROP_ROOT_OVERRIDES = """
+import ctypes, os, sys
+PR_CAPBSET_DROP = 24
+libc = ctypes.CDLL(None, use_errno=True)
+for cap in (1, 2, 3):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER
+    if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+        sys.exit(f"prctl(PR_CAPBSET_DROP, {cap}) failed: errno {ctypes.get_errno()}")
+os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+"""
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+class ServiceProcess:
+    """`python -m csvcompress serve` on a free port, with its data under `root`."""
+
+    def __init__(self, root: Path, **sections: dict[str, Any]) -> None:
+        self.root = root
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.db_path = root / "data" / "db.sqlite3"
+        self.storage_dir = root / "data" / "storage"
+        self.config = root / "config.toml"
+        self.log_path = root / "service.log"
+        settings: dict[str, dict[str, Any]] = {
+            "server": {"host": "127.0.0.1", "port": self.port},
+            "database": {"path": str(self.db_path)},
+            "storage": {"dir": str(self.storage_dir)},
+            "fetch": {"concurrency": 2, "allowed_networks": ["127.0.0.0/8"], "backoff": 0.01},
+            "workers": {"threads": 1},
+        }
+        for name, values in sections.items():
+            settings.setdefault(name, {}).update(values)
+        lines = []
+        for name, values in settings.items():
+            lines.append(f"[{name}]")
+            lines += [f"{key} = {_toml(value)}" for key, value in values.items()]
+        self.config.write_text("\n".join(lines) + "\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self, *, drop_root_overrides: bool = False) -> None:
+        args = ["-m", "csvcompress", "--config", str(self.config), "serve"]
+        if drop_root_overrides and os.geteuid() == 0:
+            args = ["-c", _DROP_ROOT_OVERRIDES, *args]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, *args], stdout=log, stderr=log)
+        deadline = time.monotonic() + 30
+        async with aiohttp.ClientSession() as client:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    break
+                try:
+                    async with client.get(f"{self.url}/healthz") as resp:
+                        await resp.read()
+                        return
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.05)
+        self.kill()
+        raise AssertionError(f"service did not start:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def send(self, signum: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    async def exit_code(self, timeout: float) -> int:
+        """Wait (without blocking the loop: the test's origin must keep serving) for the exit."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while (code := self.proc.poll()) is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"service still running after {timeout} s:\n{self.log()}")
+            await asyncio.sleep(0.02)
+        return code
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
