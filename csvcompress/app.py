@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 
-from . import imaging
+from . import cpupool, imaging
 from .config import Settings
 from .db import Database
 from .fetcher import Fetcher
@@ -47,7 +47,7 @@ SERVICE = web.AppKey("service", Service)
 
 async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    imaging.configure(concurrency=1)
+    imaging.configure(concurrency=1, pixel_budget=settings.workers.pixel_budget)
     # First, so a storage that cannot be configured stops the start before anything opens.
     storage = create_storage(settings)
     # Whatever opened is closed again, in reverse order, even when a later step fails
@@ -61,7 +61,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         guard = NetGuard(settings.fetch)
         session = create_session(settings.fetch, guard)
         stack.push_async_callback(session.close)
-        pool = ThreadPoolExecutor(settings.workers.thread_count, thread_name_prefix="vips")
+        pool = cpupool.create(settings.workers)
         stack.callback(pool.shutdown, wait=True, cancel_futures=True)
         metrics = Metrics()
         webhooks = WebhookSender(settings, database, guard, metrics)

@@ -173,6 +173,8 @@ class FetchSettings:
     max_redirects: int = 5
     # Downloads in flight at once, across all requests.
     concurrency: int = 16
+    # Downloaded bytes held for compression; no new download starts above it (0: no limit).
+    buffer_bytes: int = 24 * MIB
     # Tries per image for connection errors, 5xx and 429.
     attempts: int = 3
     # First back-off wait in seconds; doubles each try.
@@ -189,6 +191,7 @@ class FetchSettings:
         _check(self.max_bytes > 0, "fetch.max_bytes", "must be positive")
         _check(self.max_redirects >= 0, "fetch.max_redirects", "must be 0 or more")
         _check(self.concurrency >= 1, "fetch.concurrency", "must be at least 1")
+        _check(self.buffer_bytes >= 0, "fetch.buffer_bytes", "must be 0 or more")
         _check(self.attempts >= 1, "fetch.attempts", "must be at least 1")
         _check(self.backoff >= 0, "fetch.backoff", "must be 0 or more")
         for cidr in self.allowed_networks:
@@ -262,9 +265,15 @@ class WorkerSettings:
     threads: int = 0
     # Seconds in-flight images may take to finish on SIGTERM.
     shutdown_grace: float = 30.0
+    # Pixels decoded at once across all threads (0: no cap); bounds memory, see budget.py.
+    pixel_budget: int = 25_000_000
+    # Nice value of the recompression threads over the event loop's (Linux); 0: equal.
+    nice: int = 10
 
     def validate(self) -> None:
         _check(self.threads >= 0, "workers.threads", "must be 0 or more")
+        _check(self.pixel_budget >= 0, "workers.pixel_budget", "must be 0 or more")
+        _check(0 <= self.nice <= 19, "workers.nice", "must be between 0 and 19")
         _check(self.shutdown_grace >= 0, "workers.shutdown_grace", "must be 0 or more")
 
     @property

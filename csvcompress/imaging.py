@@ -29,6 +29,8 @@ from typing import Any
 
 import pyvips
 
+from . import memory
+from .budget import PixelBudget
 from .config import ImageSettings
 from .errors import ConfigError, ImageRejected
 
@@ -46,7 +48,11 @@ REASON_CORRUPT = "corrupt or truncated image"
 # --- libvips set-up -----------------------------------------------------------
 
 
-def configure(concurrency: int | None = None) -> None:
+# Pixels being decoded and encoded at once in this process (see budget.py).
+PIXELS = PixelBudget()
+
+
+def configure(concurrency: int | None = None, pixel_budget: int | None = None) -> None:
     """Set process-wide libvips options; safe to call more than once.
 
     The operation cache is turned off: it exists to reuse results when the same
@@ -59,12 +65,18 @@ def configure(concurrency: int | None = None) -> None:
     (default: one per core). When a thread pool already runs one image per
     core, 1 avoids oversubscription: on 2 cores with 2 pool threads it measured
     at least as fast as the default (clearly faster for random-access loads).
+
+    `pixel_budget` caps the pixels decoded at once across all threads (0: no cap),
+    and big freed buffers go back to the system at once (see memory.py).
     """
+    memory.return_big_buffers()
     pyvips.cache_set_max(0)
     pyvips.cache_set_max_mem(0)
     pyvips.cache_set_max_files(0)
     if concurrency is not None:
         pyvips.concurrency_set(concurrency)
+    if pixel_budget is not None:
+        PIXELS.set_limit(pixel_budget)
 
 
 configure()
@@ -428,13 +440,32 @@ def recompress(data: bytes, settings: ImageSettings) -> Compressed:
 
         return pillow_engine.recompress(data, settings)
     ctx = Context(data=data, settings=settings)
-    for step in PIPELINE:
+    _run(ctx, PIPELINE[:_DECODING])
+    try:
+        with PIXELS.hold(pixels(ctx)):
+            memory.trim_around(pixels(ctx))
+            _run(ctx, PIPELINE[_DECODING:])
+    finally:
+        memory.trim_around(pixels(ctx))
+    assert ctx.result is not None
+    return ctx.result
+
+
+# The steps before `load` read the header only; from there on pixels take memory.
+_DECODING = PIPELINE.index(load)
+
+
+def pixels(ctx: Context) -> int:
+    """The pixels an admitted image will decode: what it holds of the pixel budget."""
+    return ctx.width * ctx.height * ctx.frames
+
+
+def _run(ctx: Context, steps: tuple[Step, ...]) -> None:
+    for step in steps:
         try:
             step(ctx)
         except pyvips.Error as exc:
             raise ImageRejected(_vips_reason(ctx, step, exc)) from exc
-    assert ctx.result is not None
-    return ctx.result
 
 
 # --- encoders -----------------------------------------------------------------

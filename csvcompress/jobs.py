@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import csv_input, db, imaging
+from .budget import ByteBudget
 from .config import LimitSettings, Settings
 from .csv_input import ImageOutcome
 from .db import Database
@@ -34,6 +35,7 @@ from .fetcher import Fetcher
 from .logs import REQUEST_ID
 from .metrics import Metrics
 from .models import ImageJob, ImageResult, RequestStatus
+from .recorder import ResultRecorder
 from .storage import Storage
 
 log = logging.getLogger(__name__)
@@ -176,19 +178,23 @@ class Processor:
         # Requests whose storage refused every write, and why: their other images fail
         # with that reason at once instead of being fetched and compressed for nothing.
         self._rejected: dict[str, str] = {}
+        # Downloaded images held for compression: bounded, see budget.py.
+        self._downloads = ByteBudget(settings.fetch.buffer_bytes)
 
     async def process(self, job: ImageJob) -> ImageResult:
         if (reason := self._rejected.get(job.request_id)) is not None:
             return ImageResult(output_url=None, error=reason, error_code=StorageRejected.code)
         stage = self._metrics.stage
         try:
-            with stage("download"):
-                fetched = await self._fetcher.fetch(job.url)
-            loop = asyncio.get_running_loop()
-            with stage("compress"):
-                out = await loop.run_in_executor(
-                    self._pool, imaging.recompress, fetched.data, self._settings.images
-                )
+            async with self._downloads.admit() as ticket:
+                with stage("download"):
+                    fetched = await self._fetcher.fetch(job.url)
+                ticket.downloaded(len(fetched.data))
+                loop = asyncio.get_running_loop()
+                with stage("compress"):
+                    out = await loop.run_in_executor(
+                        self._pool, imaging.recompress, fetched.data, self._settings.images
+                    )
             key = f"{job.request_id}/{job.row + 1}-{job.position + 1}{out.extension}"
             with stage("store"):
                 url = await self._store(key, out.data, out.content_type)
@@ -243,6 +249,7 @@ class JobQueue:
         self._on_finished = on_finished
         self._metrics = metrics or Metrics()
         self._scheduler = Scheduler(database, self._drained)
+        self._recorder = ResultRecorder(database)
         self._workers: list[asyncio.Task[None]] = []
         self._finishing: set[asyncio.Task[None]] = set()
         # Requests whose output CSV is being written: they cannot be deleted or retried yet.
@@ -257,6 +264,7 @@ class JobQueue:
 
     async def start(self) -> None:
         self.outputs_dir.mkdir(parents=True, exist_ok=True)
+        await self._recorder.start()
         for n in range(self.worker_count):
             self._workers.append(asyncio.create_task(self._work(), name=f"worker-{n}"))
         resumed = await self._db.unfinished_request_ids()
@@ -318,6 +326,7 @@ class JobQueue:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers.clear()
+        await self._recorder.close()
         if self._finishing:
             await asyncio.gather(*self._finishing, return_exceptions=True)
 
@@ -335,7 +344,7 @@ class JobQueue:
                         result.error_code,
                         extra={"error": result.error},
                     )
-                images = await self._db.record_image(job, result)
+                images = await self._recorder.record(job, result)
                 self._metrics.image_recorded(result, images)
             except asyncio.CancelledError:
                 raise
@@ -390,10 +399,12 @@ class JobQueue:
 def write_output_csv(db_path: Path, request_id: str, output: Path, limits: LimitSettings) -> None:
     """Stream the input CSV and the recorded outcomes into the output CSV (runs in a thread)."""
     with closing(db.connect_sync(db_path)) as conn:
-        input_path = db.input_path_sync(conn, request_id)
-        if input_path is None:
+        stored = db.request_input_sync(conn, request_id)
+        if stored is None:
             raise FileNotFoundError(f"request {request_id} has no input")
-        summary = csv_input.validate(Path(input_path), limits)
+        input_path, rows, images = stored
+        # validate() passed this file at upload; its header is all that is needed now.
+        summary = csv_input.accepted_summary(Path(input_path), rows, images)
         outcomes = _group_by_row(db.iter_image_outcomes_sync(conn, request_id))
         csv_input.write_output(Path(input_path), output, summary, outcomes)
 

@@ -48,8 +48,9 @@ def recompress(data: bytes, settings: ImageSettings) -> imaging.Compressed:
             raise ImageRejected(f"{imaging.REASON_CORRUPT}: {exc}") from exc
     fmt = ctx.target_format if ctx.target_format in _PILLOW_OUTPUTS else _FALLBACK
     try:
-        image = _decode(ctx)
-        encoded = _encode(image, fmt, settings)
+        with imaging.PIXELS.hold(imaging.pixels(ctx)):
+            image = _decode(ctx)
+            encoded = _encode(image, fmt, settings)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageRejected(f"{imaging.REASON_CORRUPT}: {exc}") from exc
     content_type, extension = imaging.MEDIA[fmt]

@@ -191,26 +191,23 @@ def _too_large(limits: LimitSettings) -> PayloadTooLarge:
 def ingest(part_path: Path, settings: Settings, webhook_url: str | None) -> Accepted:
     """Validate the saved CSV and store the request (runs in a thread).
 
-    On any problem the file is removed and nothing is stored.
+    One pass over the file: each row is stored as soon as it is checked, in one
+    transaction that is committed only if the whole file passes. On any problem
+    the transaction is rolled back, the file removed, and nothing is stored.
     """
     request_id = new_request_id()
     final = part_path.with_name(f"{request_id}.csv")
     try:
-        summary = csv_input.validate(part_path, settings.limits)
-        os.replace(part_path, final)
-        urls = (
-            (row.index, position, url)
-            for row in csv_input.iter_rows(final, summary)
-            for position, url in enumerate(row.urls)
-        )
-        images = db.insert_request_sync(
-            settings.database.path,
-            request_id=request_id,
-            input_path=str(final),
-            webhook_url=webhook_url,
-            rows=summary.rows,
-            urls=urls,
-        )
+        with db.RequestInserter(settings.database.path, request_id) as inserter:
+
+            def store(index: int, url_cell: str) -> None:
+                inserter.add(index, csv_input.split_urls(url_cell))
+
+            summary = csv_input.validate(part_path, settings.limits, on_row=store)
+            os.replace(part_path, final)
+            images = inserter.finish(
+                input_path=str(final), webhook_url=webhook_url, rows=summary.rows
+            )
     except BaseException:
         _unlink_quietly(part_path)
         _unlink_quietly(final)

@@ -67,10 +67,10 @@ async def upload(request: web.Request) -> web.Response:
 async def status(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     request_id = request.match_info["request_id"]
-    record = await service.db.get_request(request_id)
-    if record is None:
+    found = await service.db.get_request_with_counts(request_id)
+    if found is None:
         raise NotFound(f"no request with id {request_id}")
-    counts = await service.db.get_counts(request_id)
+    record, counts = found
     delivery = await service.db.latest_delivery(request_id) if record.webhook_url else None
     doc = status_document(record, counts, delivery, service.settings.server.base_url)
     return web.json_response(doc, headers={"Cache-Control": "no-store"})

@@ -78,6 +78,7 @@ def test_env_overrides_single_keys(tmp_path: Path) -> None:
         ({"webhook": {"retry_schedule": [1, -1]}}, "webhook.retry_schedule: entries must be"),
         ({"images": {"optimize_coding": 1}}, "images.optimize_coding: must be true or false"),
         ({"images": {"engine": "magick"}}, "images.engine: must be one of"),
+        ({"workers": {"nice": 20}}, "workers.nice: must be between 0 and 19"),
         ({"server": 3}, "server: must be a table"),
         ({"retention": {"days": -1}}, "retention.days: must be 0 or more"),
         ({"retention": {"interval": 0}}, "retention.interval: must be positive"),

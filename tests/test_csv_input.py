@@ -24,6 +24,7 @@ from csvcompress.csv_input import (
     CsvRow,
     CsvSummary,
     ImageOutcome,
+    accepted_summary,
     iter_rows,
     split_urls,
     validate,
@@ -771,3 +772,54 @@ def test_iter_rows_refuses_a_file_that_changed(tmp_path: Path) -> None:
     path.write_text("Other,Header\r\n")
     with pytest.raises(ValueError):
         list(iter_rows(path, summary))
+
+
+# --- validate's on_row: storing rows in the same pass -----------------------------------
+
+
+@FUZZ
+@given(
+    rows=st.lists(st.lists(VALID_URL, min_size=1, max_size=4), min_size=1, max_size=5),
+    joiner=JOINER,
+)
+def test_on_row_sees_the_rows_iter_rows_yields(
+    tmp_path_factory: pytest.TempPathFactory, rows: list[list[str]], joiner: str
+) -> None:
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(["S. No.", "Product Name", "Input Image Urls"])
+    writer.writerows([str(i), "P", joiner.join(urls)] for i, urls in enumerate(rows))
+    writer.writerow(["", "", ""])  # a blank row: skipped by both, gets no index
+    path = write(tmp_path_factory.mktemp("gen"), buffer.getvalue())
+    seen: list[tuple[int, list[str]]] = []
+    summary = validate(
+        path, LIMITS, on_row=lambda index, cell: seen.append((index, split_urls(cell)))
+    )
+    assert seen == [(row.index, list(row.urls)) for row in iter_rows(path, summary)]
+
+
+def test_on_row_stops_at_the_first_problem(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "S. No.,Product Name,Input Image Urls\n"
+        "1,A,https://a.example/1.jpg\n"
+        "2,B,ftp://a.example/2.jpg\n"
+        "3,C,https://a.example/3.jpg\n",
+    )
+    seen: list[int] = []
+    with pytest.raises(CsvInvalid):
+        validate(path, LIMITS, on_row=lambda index, cell: seen.append(index))
+    assert seen == [0]
+
+
+def test_accepted_summary_rebuilds_what_validate_found_from_the_header(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "\ufeffColour,Sr No,Input Image URLs,Product Name\n"
+        "red,1,https://a.example/1.jpg,A\n"
+        'blue,2,"https://a.example/2.jpg, https://a.example/3.jpg",B\n',
+    )
+    summary = validate(path, LIMITS)
+    assert accepted_summary(path, summary.rows, summary.images) == summary
+    with pytest.raises(ValueError, match="not a file that validate accepted"):
+        accepted_summary(write(tmp_path, "just,some,words\n", "other.csv"), 0, 0)

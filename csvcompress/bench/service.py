@@ -35,6 +35,38 @@ def free_port() -> int:
         return port
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    # After the ")" closing the command name, utime and stime are the 12th and 13th fields.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds used so far by a process's threads, grouped by what they do."""
+    groups: dict[str, float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except FileNotFoundError:  # the thread just ended
+            continue
+        if name == "libvips worker":
+            group = "libvips workers"
+        elif tid == str(pid):
+            group = "event loop"
+        elif int(fields[16]) > 0:  # the nicer pool threads (cpupool)
+            group = "pool threads"
+        else:
+            group = "other threads"
+        seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        groups[group] = groups.get(group, 0.0) + seconds
+    return groups
+
+
 def toml(sections: Settings) -> str:
     """Just enough TOML for a config file: tables of strings, numbers, booleans and lists."""
     lines = []
@@ -115,6 +147,9 @@ class ServiceProcess:
         return "\n".join(text.splitlines()[-lines:])
 
     # --- memory, from /proc ------------------------------------------------------
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.pid)
 
     def memory_mb(self) -> tuple[float, float]:
         """(current RSS, peak RSS since start or the last reset_peak) in MiB."""

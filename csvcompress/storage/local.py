@@ -34,15 +34,12 @@ class LocalStorage:
 
     async def put(self, key: str, data: bytes, content_type: str) -> str:
         path = self.path_for(key)
-        # Written under a temporary name and renamed: a crash never leaves half a file.
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        # One trip to a thread for the whole write: each aiofiles call (makedirs, open,
+        # write, close, rename) was a trip of its own, five per image, and every trip
+        # takes the event loop's and the GIL's time.
         try:
-            await aiofiles.os.makedirs(path.parent, exist_ok=True)
-            async with aiofiles.open(tmp, "wb") as f:
-                await f.write(data)
-            await aiofiles.os.replace(tmp, path)
+            await asyncio.to_thread(_write_atomically, path, data)
         except OSError as exc:
-            await asyncio.to_thread(_unlink_quietly, tmp)
             raise StorageError(f"could not write {key}: {exc.strerror or exc}") from exc
         return f"{self.base_url}/{key}"
 
@@ -62,6 +59,19 @@ class LocalStorage:
 
     async def close(self) -> None:
         return None
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write under a temporary name and rename: a crash never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        _unlink_quietly(tmp)
+        raise
 
 
 def _unlink_quietly(path: Path) -> None:
