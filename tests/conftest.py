@@ -6,6 +6,8 @@ import asyncio
 import csv
 import io
 import socket
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -230,3 +232,23 @@ async def hook_receiver() -> AsyncIterator[HookReceiver]:
     await web.TCPSite(runner, "127.0.0.1", port).start()
     yield receiver
     await runner.cleanup()
+
+
+async def start_service_process(config: Path, base: str) -> subprocess.Popen[bytes]:
+    with open(config.with_suffix(".log"), "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "csvcompress", "--config", str(config), "serve"],
+            stdout=log,
+            stderr=log,
+        )
+    async with aiohttp.ClientSession() as client:
+        for _ in range(400):
+            try:
+                async with client.get(f"{base}/") as resp:
+                    if resp.status == 200:
+                        return proc
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    raise AssertionError(f"service did not start: {config.with_suffix('.log').read_text()}")

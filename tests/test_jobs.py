@@ -7,8 +7,6 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import aiohttp
 import pyvips
 
 from tests import images
-from tests.conftest import Origin, ServiceFactory, csv_bytes, free_port
+from tests.conftest import Origin, ServiceFactory, csv_bytes, free_port, start_service_process
 
 
 async def test_small_request_is_not_starved_by_a_large_one(
@@ -84,26 +82,6 @@ threads = 1
     return config
 
 
-async def _start(config: Path, base: str) -> subprocess.Popen[bytes]:
-    with open(config.with_suffix(".log"), "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "csvcompress", "--config", str(config), "serve"],
-            stdout=log,
-            stderr=log,
-        )
-    async with aiohttp.ClientSession() as client:
-        for _ in range(200):
-            try:
-                async with client.get(f"{base}/") as resp:
-                    if resp.status == 200:
-                        return proc
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.05)
-    proc.kill()
-    proc.wait()
-    raise AssertionError(f"service did not start: {config.with_suffix('.log').read_text()}")
-
-
 def _succeeded_paths(db_path: Path) -> set[str]:
     with sqlite3.connect(db_path) as conn:
         rows = conn.execute("SELECT url FROM images WHERE status = 'succeeded'").fetchall()
@@ -120,7 +98,7 @@ async def test_kill_and_restart_loses_nothing(tmp_path: Path, origin: Origin) ->
         [str(n + 1), f"Item {n}", origin.add(f"{n}.jpg", images.photo_jpeg(48, 32, seed=n))]
         for n in range(total)
     ]
-    proc = await _start(config, base)
+    proc = await start_service_process(config, base)
     try:
         async with aiohttp.ClientSession() as client:
             form = aiohttp.FormData()
@@ -141,7 +119,7 @@ async def test_kill_and_restart_loses_nothing(tmp_path: Path, origin: Origin) ->
     assert 8 <= len(finished_before) < total
     hits_before = dict(origin.hits)
 
-    proc = await _start(config, base)
+    proc = await start_service_process(config, base)
     try:
         async with aiohttp.ClientSession() as client:
             deadline = time.monotonic() + 30

@@ -11,8 +11,6 @@ import re
 import signal
 import sqlite3
 import stat
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -39,7 +37,14 @@ from csvcompress.webhooks import (
     resolve_secret,
 )
 from tests import images
-from tests.conftest import Origin, Service, ServiceFactory, csv_bytes, free_port
+from tests.conftest import (
+    Origin,
+    Service,
+    ServiceFactory,
+    csv_bytes,
+    free_port,
+    start_service_process,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
@@ -619,26 +624,6 @@ retry_schedule = {list(schedule)}
     return config
 
 
-async def _start(config: Path, base: str) -> subprocess.Popen[bytes]:
-    with open(config.with_suffix(".log"), "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "csvcompress", "--config", str(config), "serve"],
-            stdout=log,
-            stderr=log,
-        )
-    async with aiohttp.ClientSession() as client:
-        for _ in range(400):
-            try:
-                async with client.get(f"{base}/") as resp:
-                    if resp.status == 200:
-                        return proc
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.05)
-    proc.kill()
-    proc.wait()
-    raise AssertionError(f"service did not start: {config.with_suffix('.log').read_text()}")
-
-
 async def _webhook_of(base: str, request_id: str) -> dict[str, Any]:
     async with aiohttp.ClientSession() as client, client.get(f"{base}/status/{request_id}") as r:
         doc: dict[str, Any] = await r.json()
@@ -656,7 +641,7 @@ async def test_kill_during_the_retry_wait_resumes_after_restart(
     image = origin.add("shirt.jpg", images.photo_jpeg(32, 24))
     secret_file = tmp_path / "data" / "webhook_secret"
 
-    proc = await _start(config, base)
+    proc = await start_service_process(config, base)
     try:
         secret = secret_file.read_text().strip()
         async with aiohttp.ClientSession() as client:
@@ -677,7 +662,7 @@ async def test_kill_during_the_retry_wait_resumes_after_restart(
     assert doc["webhook"]["state"] == "pending"
     assert len(receiver.received) == 1
 
-    proc = await _start(config, base)
+    proc = await start_service_process(config, base)
     try:
         first, second = await receiver.wait_for(2, timeout=30)
         deadline = time.monotonic() + 10
