@@ -7,8 +7,9 @@ small batches per request, so memory does not grow with a request's size and a
 restart simply picks up whatever is still pending.
 
 Each worker takes one image through fetch -> recompress (in the CPU pool) ->
-store -> record. There are more workers than CPU threads so downloads run
-ahead of compression and the pool is never idle waiting for the network.
+store -> record; backends that write locally store from the CPU thread too.
+There are more workers than CPU threads so downloads run ahead of compression
+and the pool is never idle waiting for the network.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from .logs import REQUEST_ID
 from .metrics import Metrics
 from .models import ImageJob, ImageResult, RequestStatus
 from .recorder import ResultRecorder
-from .storage import Storage
+from .storage import BlockingPut, Storage
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,16 @@ class Scheduler:
             self._on_drained(entry.request_id)
 
 
+@dataclass(frozen=True)
+class _Encoded:
+    """An image recompressed in a CPU thread, and its URL if it was stored there too."""
+
+    image: imaging.Compressed
+    key: str
+    url: str | None = None
+    tried: int = 0  # failed storage tries so far
+
+
 class Processor:
     """Fetches, recompresses and stores one image; every failure becomes an ImageResult."""
 
@@ -173,6 +184,7 @@ class Processor:
         self._settings = settings
         self._fetcher = fetcher
         self._storage = storage
+        self._put_blocking = storage.put_blocking if isinstance(storage, BlockingPut) else None
         self._pool = pool
         self._metrics = metrics or Metrics()
         # Requests whose storage refused every write, and why: their other images fail
@@ -184,28 +196,46 @@ class Processor:
     async def process(self, job: ImageJob) -> ImageResult:
         if (reason := self._rejected.get(job.request_id)) is not None:
             return ImageResult(output_url=None, error=reason, error_code=StorageRejected.code)
-        stage = self._metrics.stage
         try:
             async with self._downloads.admit() as ticket:
-                with stage("download"):
+                with self._metrics.stage("download"):
                     fetched = await self._fetcher.fetch(job.url)
                 ticket.downloaded(len(fetched.data))
                 loop = asyncio.get_running_loop()
-                with stage("compress"):
-                    out = await loop.run_in_executor(
-                        self._pool, imaging.recompress, fetched.data, self._settings.images
-                    )
-            key = f"{job.request_id}/{job.row + 1}-{job.position + 1}{out.extension}"
-            with stage("store"):
-                url = await self._store(key, out.data, out.content_type)
+                encoded = await loop.run_in_executor(
+                    self._pool, self._recompress_and_store, job, fetched.data
+                )
+            url = encoded.url
+            if url is None:
+                with self._metrics.stage("store"):
+                    url = await self._store(encoded, tried=encoded.tried)
         except StorageRejected as exc:
             self._reject(job.request_id, exc)
             return ImageResult(output_url=None, error=exc.message, error_code=exc.code)
         except CsvCompressError as exc:
             return ImageResult(output_url=None, error=exc.message, error_code=exc.code)
         return ImageResult(
-            output_url=url, error=None, bytes_in=len(fetched.data), bytes_out=len(out.data)
+            output_url=url,
+            error=None,
+            bytes_in=len(fetched.data),
+            bytes_out=len(encoded.image.data),
         )
+
+    def _recompress_and_store(self, job: ImageJob, data: bytes) -> _Encoded:
+        """In a CPU thread: recompress, then store at once if the backend writes blocking."""
+        with self._metrics.stage("compress"):
+            image = imaging.recompress(data, self._settings.images)
+        key = f"{job.request_id}/{job.row + 1}-{job.position + 1}{image.extension}"
+        if self._put_blocking is None:
+            return _Encoded(image, key)
+        with self._metrics.stage("store"):
+            try:
+                return _Encoded(image, key, self._put_blocking(key, image.data, image.content_type))
+            except StorageError as exc:
+                if not exc.retryable:
+                    raise
+                # The next tries wait on the event loop, not in a CPU thread.
+                return _Encoded(image, key, tried=1)
 
     def _reject(self, request_id: str, exc: StorageRejected) -> None:
         # Several images may be refused at once; the request's log says it once.
@@ -221,15 +251,18 @@ class Processor:
         """The request is finished: drop what was remembered about it."""
         self._rejected.pop(request_id, None)
 
-    async def _store(self, key: str, data: bytes, content_type: str) -> str:
-        for attempt in range(1, STORE_ATTEMPTS + 1):
+    async def _store(self, encoded: _Encoded, tried: int = 0) -> str:
+        """Store with the backend's async put, after `tried` failed tries elsewhere."""
+        image = encoded.image
+        for attempt in range(tried + 1, STORE_ATTEMPTS + 1):
+            if attempt > 1:
+                await asyncio.sleep(0.2 * 2 ** (attempt - 1))
             try:
-                return await self._storage.put(key, data, content_type)
+                return await self._storage.put(encoded.key, image.data, image.content_type)
             except StorageError as exc:
                 if not exc.retryable or attempt == STORE_ATTEMPTS:
                     raise
-                await asyncio.sleep(0.2 * 2**attempt)
-        raise AssertionError("unreachable")  # pragma: no cover
+        raise StorageError(f"could not write {encoded.key}")  # tried >= STORE_ATTEMPTS
 
 
 class JobQueue:

@@ -81,22 +81,24 @@ class Metrics:
             registry=r,
         )
         # Every labelled series exists from the start, so a dashboard sees 0, not "no data".
-        for stage in STAGES:
-            self.in_flight.labels(stage)
-            self.stage_seconds.labels(stage)
+        # (Children looked up once: stage() runs several times per image, also in threads.)
+        self._stages = {
+            stage: (self.in_flight.labels(stage), self.stage_seconds.labels(stage))
+            for stage in STAGES
+        }
         for outcome in WEBHOOK_OUTCOMES:
             self.webhook_deliveries.labels(outcome)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         """Count an image in `name` while the block runs, and time it."""
-        gauge = self.in_flight.labels(name)
+        gauge, seconds = self._stages[name]
         gauge.inc()
         start = time.perf_counter()
         try:
             yield
         finally:
-            self.stage_seconds.labels(name).observe(time.perf_counter() - start)
+            seconds.observe(time.perf_counter() - start)
             gauge.dec()
 
     def image_recorded(self, result: ImageResult, images: int) -> None:

@@ -7,14 +7,31 @@ import json
 import os
 import signal
 import sqlite3
+import threading
 import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import aiohttp
+import pytest
 import pyvips
 
+from csvcompress import cpupool, netguard
+from csvcompress.errors import StorageError
+from csvcompress.fetcher import Fetcher
+from csvcompress.jobs import Processor
+from csvcompress.models import ImageJob
+from csvcompress.storage import LocalStorage, Storage
 from tests import images
-from tests.conftest import Origin, ServiceFactory, csv_bytes, free_port, start_service_process
+from tests.conftest import (
+    Origin,
+    ServiceFactory,
+    csv_bytes,
+    free_port,
+    make_settings,
+    start_service_process,
+)
 
 
 async def test_small_request_is_not_starved_by_a_large_one(
@@ -148,3 +165,90 @@ async def test_kill_and_restart_loses_nothing(tmp_path: Path, origin: Origin) ->
         image = pyvips.Image.new_from_file(str(storage / name))
         assert (image.width, image.height) == (48, 32)
     assert json.loads(json.dumps(doc))["output_csv_url"].endswith(f"{request_id}/output.csv")
+
+
+# --- Processor: storing from the CPU thread -------------------------------------------
+
+
+class _RecordingStorage(LocalStorage):
+    """Local storage that notes which thread wrote, and can fail the first writes."""
+
+    def __init__(self, root: Path, fail_first: int = 0) -> None:
+        super().__init__(root, "http://files.test")
+        self.fail_first = fail_first
+        self.writers: list[str] = []
+
+    def put_blocking(self, key: str, data: bytes, content_type: str) -> str:
+        self.writers.append(threading.current_thread().name)
+        if len(self.writers) <= self.fail_first:
+            raise StorageError(f"could not write {key}: disk busy")
+        return super().put_blocking(key, data, content_type)
+
+
+@pytest.fixture
+async def make_processor(tmp_path: Path) -> AsyncIterator[Callable[[Storage], Processor]]:
+    settings = make_settings(tmp_path, free_port())
+    session = netguard.create_session(settings.fetch, netguard.NetGuard(settings.fetch))
+    pools: list[ThreadPoolExecutor] = []
+
+    def make(storage: Storage) -> Processor:
+        pool = cpupool.create(settings.workers)
+        pools.append(pool)
+        return Processor(settings, Fetcher(settings.fetch, session), storage, pool)
+
+    yield make
+    await session.close()
+    for pool in pools:
+        pool.shutdown(wait=True)
+
+
+def _job(url: str, row: int = 0, position: int = 0) -> ImageJob:
+    return ImageJob(id=1, request_id="req", row=row, position=position, url=url, attempts=0)
+
+
+async def test_local_storage_is_written_from_the_cpu_thread(
+    make_processor: Callable[[Storage], Processor], origin: Origin, tmp_path: Path
+) -> None:
+    storage = _RecordingStorage(tmp_path / "store")
+    url = origin.add("a.png", images.png(64, 48))
+
+    result = await make_processor(storage).process(_job(url, row=2, position=1))
+
+    assert result.error is None
+    assert result.output_url == "http://files.test/req/3-2.png"
+    # The thread that encoded the image wrote it: one hand-off per image, not two.
+    assert len(storage.writers) == 1 and storage.writers[0].startswith("vips")
+    written = pyvips.Image.new_from_file(str(tmp_path / "store" / "req" / "3-2.png"))
+    assert (written.width, written.height) == (64, 48)
+    assert written.get("vips-loader") == "pngload"
+
+
+async def test_a_failed_write_in_the_cpu_thread_is_retried_on_the_loop(
+    make_processor: Callable[[Storage], Processor], origin: Origin, tmp_path: Path
+) -> None:
+    storage = _RecordingStorage(tmp_path / "store", fail_first=2)
+    url = origin.add("a.jpg", images.photo_jpeg(40, 30))
+
+    result = await make_processor(storage).process(_job(url))
+
+    assert result.error is None and result.output_url == "http://files.test/req/1-1.jpg"
+    # First try in the CPU thread, the next two through put() in the default executor.
+    assert len(storage.writers) == 3
+    assert storage.writers[0].startswith("vips")
+    assert not any(name.startswith("vips") for name in storage.writers[1:])
+    assert (tmp_path / "store" / "req" / "1-1.jpg").stat().st_size == result.bytes_out
+
+
+async def test_a_write_that_keeps_failing_fails_the_image_with_the_reason(
+    make_processor: Callable[[Storage], Processor], origin: Origin, tmp_path: Path
+) -> None:
+    # A file where the storage directory should be: every write fails, even as root.
+    blocked = tmp_path / "store"
+    blocked.write_bytes(b"not a directory")
+    url = origin.add("a.jpg", images.photo_jpeg(40, 30))
+
+    result = await make_processor(LocalStorage(blocked, "http://files.test")).process(_job(url))
+
+    assert result.output_url is None
+    assert result.error_code == "storage"
+    assert result.error == "could not write req/1-1.jpg: Not a directory"

@@ -4,9 +4,15 @@ from pathlib import Path
 
 import pytest
 
-from csvcompress.config import Settings, replace_settings
+from csvcompress.config import CloudinarySettings, Settings, replace_settings
 from csvcompress.errors import StorageError
-from csvcompress.storage import LocalStorage, NullStorage, create_storage
+from csvcompress.storage import (
+    BlockingPut,
+    CloudinaryStorage,
+    LocalStorage,
+    NullStorage,
+    create_storage,
+)
 
 
 async def test_local_put_writes_atomically_and_returns_url(tmp_path: Path) -> None:
@@ -63,3 +69,14 @@ def test_backend_is_chosen_by_settings(tmp_path: Path) -> None:
     assert create_storage(local).name == "local"
     null = replace_settings(Settings(), storage={"backend": "null"})
     assert create_storage(null).name == "null"
+
+
+def test_local_and_null_storage_write_blocking_but_cloudinary_does_not(tmp_path: Path) -> None:
+    # The worker stores from its CPU thread only for backends that offer put_blocking.
+    local = LocalStorage(tmp_path, "http://files.test")
+    assert isinstance(local, BlockingPut)
+    assert local.put_blocking("r/1-1.jpg", b"abc", "image/jpeg") == "http://files.test/r/1-1.jpg"
+    assert (tmp_path / "r" / "1-1.jpg").read_bytes() == b"abc"
+    assert isinstance(NullStorage("http://x"), BlockingPut)
+    cloud = CloudinarySettings(cloud_name="demo", api_key="1234", api_secret="s3cret")
+    assert not isinstance(CloudinaryStorage(cloud), BlockingPut)

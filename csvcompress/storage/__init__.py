@@ -6,13 +6,14 @@ from collections.abc import Callable
 
 from ..config import Settings
 from ..errors import ConfigError
-from .base import Storage
+from .base import BlockingPut, Storage
 from .cloudinary import CloudinaryStorage
 from .local import LocalStorage
 from .null import NullStorage
 
 __all__ = [
     "BACKENDS",
+    "BlockingPut",
     "CloudinaryStorage",
     "LocalStorage",
     "NullStorage",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class Storage(Protocol):
@@ -29,3 +29,17 @@ class Storage(Protocol):
 
     async def close(self) -> None:
         """Release connections."""
+
+
+@runtime_checkable
+class BlockingPut(Protocol):
+    """Offered by backends whose writes are local and quick (local disk, null).
+
+    The worker then stores from the CPU thread that encoded the image, right
+    after encoding: one thread hand-off per image instead of two, which is
+    measurable at tens of images per second on a small machine.
+    """
+
+    def put_blocking(self, key: str, data: bytes, content_type: str) -> str:
+        """What `put` does, synchronously, in the calling thread; raises StorageError."""
+        ...

@@ -33,12 +33,15 @@ class LocalStorage:
         return self.root.joinpath(*parts)
 
     async def put(self, key: str, data: bytes, content_type: str) -> str:
-        path = self.path_for(key)
         # One trip to a thread for the whole write: each aiofiles call (makedirs, open,
         # write, close, rename) was a trip of its own, five per image, and every trip
         # takes the event loop's and the GIL's time.
+        return await asyncio.to_thread(self.put_blocking, key, data, content_type)
+
+    def put_blocking(self, key: str, data: bytes, content_type: str) -> str:
+        path = self.path_for(key)
         try:
-            await asyncio.to_thread(_write_atomically, path, data)
+            _write_atomically(path, data)
         except OSError as exc:
             raise StorageError(f"could not write {key}: {exc.strerror or exc}") from exc
         return f"{self.base_url}/{key}"

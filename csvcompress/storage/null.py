@@ -13,6 +13,9 @@ class NullStorage:
         return None
 
     async def put(self, key: str, data: bytes, content_type: str) -> str:
+        return self.put_blocking(key, data, content_type)
+
+    def put_blocking(self, key: str, data: bytes, content_type: str) -> str:
         return f"{self.base_url}/{key}"
 
     async def delete_prefix(self, prefix: str) -> None:
