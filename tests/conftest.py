@@ -6,14 +6,12 @@ import asyncio
 import csv
 import io
 import socket
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import pytest
@@ -23,6 +21,8 @@ from csvcompress.app import create_app
 from csvcompress.config import Settings, replace_settings
 
 LOOPBACK = ("127.0.0.0/8",)
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -208,12 +208,17 @@ class HookReceiver:
     received: list[dict[str, Any]] = field(default_factory=list)
 
     async def wait_for(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while len(self.received) < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{len(self.received)} deliveries, expected {count}")
-            await asyncio.sleep(0.02)
-        return self.received
+        return await wait_for_deliveries(self.received, count, timeout)
+
+
+async def wait_for_deliveries(received: list[T], count: int, timeout: float) -> list[T]:
+    """`received` once it holds `count` deliveries (a receiver appends them as they come)."""
+    deadline = time.monotonic() + timeout
+    while len(received) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{len(received)} deliveries, expected {count}")
+        await asyncio.sleep(0.02)
+    return received
 
 
 @pytest.fixture
@@ -234,21 +239,52 @@ async def hook_receiver() -> AsyncIterator[HookReceiver]:
     await runner.cleanup()
 
 
-async def start_service_process(config: Path, base: str) -> subprocess.Popen[bytes]:
-    with open(config.with_suffix(".log"), "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "csvcompress", "--config", str(config), "serve"],
-            stdout=log,
-            stderr=log,
-        )
-    async with aiohttp.ClientSession() as client:
-        for _ in range(400):
-            try:
-                async with client.get(f"{base}/") as resp:
-                    if resp.status == 200:
-                        return proc
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.05)
-    proc.kill()
-    proc.wait()
-    raise AssertionError(f"service did not start: {config.with_suffix('.log').read_text()}")
+# --- a listener that counts connections ---------------------------------------------
+
+
+@dataclass
+class Listener:
+    """A TCP server that counts connections and answers any request with "ok"."""
+
+    host: str
+    port: int = 0
+    connections: int = 0
+    server: asyncio.Server | None = field(default=None, repr=False)
+
+    @property
+    def netloc(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+
+
+MakeListener = Callable[[str], Awaitable[Listener]]
+
+
+@pytest.fixture
+async def make_listener() -> AsyncIterator[MakeListener]:
+    """make_listener(host) listens on a free port of `host`; all are closed after the test."""
+    made: list[Listener] = []
+
+    async def create(host: str) -> Listener:
+        listener = Listener(host)
+        listener.server = await asyncio.start_server(listener._handle, host, 0)
+        listener.port = listener.server.sockets[0].getsockname()[1]
+        made.append(listener)
+        return listener
+
+    yield create
+    for listener in made:
+        assert listener.server is not None
+        listener.server.close()
+        await listener.server.wait_closed()

@@ -15,6 +15,9 @@ import aiohttp
 
 from tests.conftest import free_port
 
+# Seconds a started service has to answer GET / with 200.
+START_TIMEOUT = 30.0
+
 # Run in the child before the service: as root, give up the capabilities that let root
 # write to files whatever their mode (DAC override), so a chmod means what it says.
 _DROP_ROOT_OVERRIDES = """
@@ -40,8 +43,24 @@ def _toml(value: Any) -> str:
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
+def _toml_tables(tables: dict[str, dict[str, Any]], prefix: str = "") -> list[str]:
+    """TOML lines for {table: {key: value}}; a dict value is a sub-table ([storage.cloudinary])."""
+    lines = []
+    for name, values in tables.items():
+        lines.append(f"[{prefix}{name}]")
+        lines += [f"{k} = {_toml(v)}" for k, v in values.items() if not isinstance(v, dict)]
+        nested = {k: v for k, v in values.items() if isinstance(v, dict)}
+        lines += _toml_tables(nested, f"{prefix}{name}.")
+    return lines
+
+
 class ServiceProcess:
-    """`python -m csvcompress serve` on a free port, with its data under `root`."""
+    """`python -m csvcompress serve` on a free port, with its data under `root`.
+
+    Each keyword is a config section ({key: value}; a dict value is a sub-table). A section
+    given replaces that section of the defaults below whole, so the config file holds exactly
+    what the test names and nothing it did not ask for.
+    """
 
     def __init__(self, root: Path, **sections: dict[str, Any]) -> None:
         self.root = root
@@ -51,41 +70,57 @@ class ServiceProcess:
         self.storage_dir = root / "data" / "storage"
         self.config = root / "config.toml"
         self.log_path = root / "service.log"
-        settings: dict[str, dict[str, Any]] = {
+        defaults: dict[str, dict[str, Any]] = {
             "server": {"host": "127.0.0.1", "port": self.port},
             "database": {"path": str(self.db_path)},
             "storage": {"dir": str(self.storage_dir)},
             "fetch": {"concurrency": 2, "allowed_networks": ["127.0.0.0/8"], "backoff": 0.01},
             "workers": {"threads": 1},
         }
-        for name, values in sections.items():
-            settings.setdefault(name, {}).update(values)
-        lines = []
-        for name, values in settings.items():
-            lines.append(f"[{name}]")
-            lines += [f"{key} = {_toml(value)}" for key, value in values.items()]
-        self.config.write_text("\n".join(lines) + "\n")
+        self.config.write_text("\n".join(_toml_tables(defaults | sections)) + "\n")
         self.proc: subprocess.Popen[bytes] | None = None
 
-    async def start(self, *, drop_root_overrides: bool = False) -> None:
+    async def start(
+        self, *, env: dict[str, str] | None = None, drop_root_overrides: bool = False
+    ) -> None:
+        """Start the process (with `env` as its whole environment, if given); return once
+        GET / answers 200. A process that exits or stays silent for 30 s fails with its log."""
         args = ["-m", "csvcompress", "--config", str(self.config), "serve"]
         if drop_root_overrides and os.geteuid() == 0:
             args = ["-c", _DROP_ROOT_OVERRIDES, *args]
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, *args], stdout=log, stderr=log)
-        deadline = time.monotonic() + 30
+            self.proc = subprocess.Popen([sys.executable, *args], stdout=log, stderr=log, env=env)
+        deadline = time.monotonic() + START_TIMEOUT
         async with aiohttp.ClientSession() as client:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    break
+            while time.monotonic() < deadline and self.proc.poll() is None:
                 try:
-                    async with client.get(f"{self.url}/healthz") as resp:
-                        await resp.read()
-                        return
+                    async with client.get(f"{self.url}/") as resp:
+                        if resp.status == 200:
+                            return
                 except aiohttp.ClientError:
-                    await asyncio.sleep(0.05)
+                    pass
+                await asyncio.sleep(0.05)
         self.kill()
         raise AssertionError(f"service did not start:\n{self.log()}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    async def submit(self, csv_data: bytes, webhook_url: str | None = None) -> str:
+        """POST /upload as a browser would; the request id of the 202 answer."""
+        form = aiohttp.FormData()
+        form.add_field("file", csv_data, filename="p.csv")
+        if webhook_url is not None:
+            form.add_field("webhook_url", webhook_url)
+        async with (
+            aiohttp.ClientSession() as client,
+            client.post(f"{self.url}/upload", data=form) as resp,
+        ):
+            assert resp.status == 202, await resp.text()
+            request_id: str = (await resp.json())["request_id"]
+            return request_id
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -103,6 +138,14 @@ class ServiceProcess:
                 raise AssertionError(f"service still running after {timeout} s:\n{self.log()}")
             await asyncio.sleep(0.02)
         return code
+
+    async def stop(self, timeout: float) -> int:
+        """SIGTERM, then the exit code; past `timeout` s, SIGKILL and AssertionError."""
+        self.send(signal.SIGTERM)
+        try:
+            return await self.exit_code(timeout)
+        finally:
+            self.kill()
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

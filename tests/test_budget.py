@@ -107,6 +107,15 @@ async def _admitted(budget: ByteBudget, started: list[int], n: int, size: int) -
         await asyncio.sleep(3600)  # held until cancelled
 
 
+async def _gated(
+    budget: ByteBudget, started: list[int], n: int, go: asyncio.Event, size: int
+) -> None:
+    async with budget.admit() as ticket:
+        started.append(n)
+        await go.wait()  # in flight until the test says go
+        ticket.downloaded(size)
+
+
 async def test_downloads_wait_while_the_budget_is_held_and_start_one_by_one() -> None:
     budget = ByteBudget(10)
     started: list[int] = []
@@ -135,14 +144,7 @@ async def test_downloads_in_flight_count_at_the_average_size() -> None:
         ticket.downloaded(8)  # the average is now 8
     go = asyncio.Event()
     started: list[int] = []
-
-    async def download(n: int) -> None:
-        async with budget.admit() as ticket:
-            started.append(n)
-            await go.wait()
-            ticket.downloaded(8)
-
-    tasks = [asyncio.create_task(download(n)) for n in range(4)]
+    tasks = [asyncio.create_task(_gated(budget, started, n, go, 8)) for n in range(4)]
     await asyncio.sleep(0.01)
     # Nothing is held yet, but two downloads in flight (2 x 8) fill the budget of 10.
     assert started == [0, 1]
@@ -156,14 +158,7 @@ async def test_before_any_download_finished_four_start_at_once() -> None:
     budget = ByteBudget(100)
     go = asyncio.Event()
     started: list[int] = []
-
-    async def download(n: int) -> None:
-        async with budget.admit() as ticket:
-            started.append(n)
-            await go.wait()
-            ticket.downloaded(1)
-
-    tasks = [asyncio.create_task(download(n)) for n in range(10)]
+    tasks = [asyncio.create_task(_gated(budget, started, n, go, 1)) for n in range(10)]
     await asyncio.sleep(0.01)
     assert started == [0, 1, 2, 3]  # each counted at a quarter of the budget
     go.set()

@@ -27,6 +27,7 @@ from csvcompress.storage.cloudinary import resolve_credentials
 from tests import images
 from tests.conftest import Origin, ServiceFactory, csv_bytes, free_port
 from tests.fake_cloudinary import FakeCloudinary
+from tests.procs import ServiceProcess
 
 REJECTED = "Cloudinary rejected the credentials"
 
@@ -179,54 +180,6 @@ async def test_rejected_credentials_fail_every_image_at_once_and_are_logged_once
     assert "not-the-secret" not in caplog.text
 
 
-def _write_config(tmp_path: Path, port: int, fake: FakeCloudinary) -> Path:
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f"""
-[server]
-host = "127.0.0.1"
-port = {port}
-[database]
-path = "{tmp_path / "data" / "db.sqlite3"}"
-[storage]
-backend = "cloudinary"
-[storage.cloudinary]
-folder = "shop/images"
-upload_prefix = "{fake.url}"
-backoff = 0.01
-[fetch]
-concurrency = 2
-allowed_networks = ["127.0.0.0/8"]
-[workers]
-threads = 1
-"""
-    )
-    return config
-
-
-async def _start(config: Path, base: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    with open(config.with_suffix(".log"), "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "csvcompress", "--config", str(config), "serve"],
-            stdout=log,
-            stderr=log,
-            env=env,
-        )
-    async with aiohttp.ClientSession() as client:
-        for _ in range(300):
-            if proc.poll() is not None:
-                break
-            try:
-                async with client.get(f"{base}/") as resp:
-                    if resp.status == 200:
-                        return proc
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.05)
-    proc.kill()
-    proc.wait()
-    raise AssertionError(f"service did not start: {config.with_suffix('.log').read_text()}")
-
-
 async def _wait_for(condition: Any, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not await condition():
@@ -238,9 +191,15 @@ async def _wait_for(condition: Any, timeout: float = 20.0) -> None:
 async def test_kill_during_uploads_and_restart_leaves_no_duplicates(
     tmp_path: Path, origin: Origin, fake: FakeCloudinary
 ) -> None:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    config = _write_config(tmp_path, port, fake)
+    service = ServiceProcess(
+        tmp_path,
+        storage={
+            "backend": "cloudinary",
+            "cloudinary": {"folder": "shop/images", "upload_prefix": fake.url, "backoff": 0.01},
+        },
+        fetch={"concurrency": 2, "allowed_networks": ["127.0.0.0/8"]},
+    )
+    base = service.url
     # Credentials only from the environment, as in production.
     env = {"PATH": "/usr/bin:/bin", "CLOUDINARY_URL": fake.cloudinary_url}
     # Uploads are stored at once but answered late, so the kill lands while some are
@@ -252,13 +211,10 @@ async def test_kill_during_uploads_and_restart_leaves_no_duplicates(
         for n in range(total)
     ]
     expected = set()
-    proc = await _start(config, base, env)
+    await service.start(env=env)
     try:
         async with aiohttp.ClientSession() as client:
-            form = aiohttp.FormData()
-            form.add_field("file", csv_bytes(rows), filename="p.csv")
-            async with client.post(f"{base}/upload", data=form) as resp:
-                request_id = (await resp.json())["request_id"]
+            request_id = await service.submit(csv_bytes(rows))
             expected = {f"shop/images/{request_id}/{n + 1}-1" for n in range(total)}
 
             async def some_done_and_one_unanswered() -> bool:
@@ -268,24 +224,23 @@ async def test_kill_during_uploads_and_restart_leaves_no_duplicates(
 
             await _wait_for(some_done_and_one_unanswered)
             # At once, while that upload waits for its answer.
-            proc.send_signal(signal.SIGKILL)
+            service.send(signal.SIGKILL)
     finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        service.kill()
 
     async def fake_is_idle() -> bool:
         # Uploads that arrived whole before the kill are still stored: let them land.
         return fake.handling == 0
 
     await _wait_for(fake_is_idle)
-    with sqlite3.connect(tmp_path / "data" / "db.sqlite3") as conn:
+    with sqlite3.connect(service.db_path) as conn:
         (recorded,) = conn.execute(
             "SELECT count(*) FROM images WHERE status = 'succeeded'"
         ).fetchone()
     stored_before = set(fake.stored)
     assert recorded < len(stored_before) < total
 
-    proc = await _start(config, base, env)
+    await service.start(env=env)
     try:
         async with aiohttp.ClientSession() as client:
 
@@ -299,8 +254,7 @@ async def test_kill_during_uploads_and_restart_leaves_no_duplicates(
             async with client.get(doc["output_csv_url"]) as resp:
                 text = await resp.text()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=10)
+        await service.stop(timeout=10)
 
     assert doc["images"] == {"total": total, "succeeded": total, "failed": 0, "pending": 0}
     # One asset per image: the uploads repeated after the restart replaced, not added.

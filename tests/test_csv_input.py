@@ -31,6 +31,7 @@ from csvcompress.csv_input import (
     write_output,
 )
 from csvcompress.errors import CsvInvalid
+from tests.conftest import csv_bytes
 
 MIB = 1024 * 1024
 LIMITS = LimitSettings()
@@ -552,6 +553,12 @@ def test_split_urls_round_trips(urls: list[str], joiner: str) -> None:
     assert split_urls(f"  {joiner.join(urls)}\n") == urls
 
 
+def _generated_csv(rows: list[list[str]], joiner: str, *extra: list[str]) -> bytes:
+    """One product a row (numbered from 0), its URLs joined by `joiner`; then `extra` rows."""
+    products = [[str(i), "P", joiner.join(urls)] for i, urls in enumerate(rows)]
+    return csv_bytes([*products, *extra])
+
+
 @FUZZ
 @given(
     rows=st.lists(st.lists(VALID_URL, min_size=1, max_size=4), min_size=1, max_size=5),
@@ -560,11 +567,7 @@ def test_split_urls_round_trips(urls: list[str], joiner: str) -> None:
 def test_generated_urls_pass_validation_and_come_back_from_iter_rows(
     tmp_path_factory: pytest.TempPathFactory, rows: list[list[str]], joiner: str
 ) -> None:
-    buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    writer.writerow(["S. No.", "Product Name", "Input Image Urls"])
-    writer.writerows([str(i), "P", joiner.join(urls)] for i, urls in enumerate(rows))
-    path = write(tmp_path_factory.mktemp("gen"), buffer.getvalue())
+    path = write(tmp_path_factory.mktemp("gen"), _generated_csv(rows, joiner))
     summary = validate(path, LIMITS)
     assert summary.images == sum(map(len, rows))
     assert [list(row.urls) for row in iter_rows(path, summary)] == rows
@@ -785,12 +788,8 @@ def test_iter_rows_refuses_a_file_that_changed(tmp_path: Path) -> None:
 def test_on_row_sees_the_rows_iter_rows_yields(
     tmp_path_factory: pytest.TempPathFactory, rows: list[list[str]], joiner: str
 ) -> None:
-    buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    writer.writerow(["S. No.", "Product Name", "Input Image Urls"])
-    writer.writerows([str(i), "P", joiner.join(urls)] for i, urls in enumerate(rows))
-    writer.writerow(["", "", ""])  # a blank row: skipped by both, gets no index
-    path = write(tmp_path_factory.mktemp("gen"), buffer.getvalue())
+    # A blank row at the end: skipped by both, gets no index.
+    path = write(tmp_path_factory.mktemp("gen"), _generated_csv(rows, joiner, ["", "", ""]))
     seen: list[tuple[int, list[str]]] = []
     summary = validate(
         path, LIMITS, on_row=lambda index, cell: seen.append((index, split_urls(cell)))

@@ -29,6 +29,7 @@ from csvcompress.errors import (
 )
 from csvcompress.fetcher import MAX_RETRY_AFTER, Fetched, Fetcher, _translate, parse_retry_after
 from csvcompress.netguard import NetGuard, create_session, guarded_socket_factory
+from tests.conftest import MakeListener
 
 IMAGE = os.urandom(200_000)
 # Loopback is refused by default; these tests opt in for their origins.
@@ -190,37 +191,6 @@ async def make_fetcher() -> AsyncIterator[MakeFetcher]:
     yield create
     for session in sessions:
         await session.close()
-
-
-class Listener:
-    """A bare TCP listener that counts connections, to prove none was made."""
-
-    def __init__(self) -> None:
-        self.connections = 0
-        self.port = 0
-        self.server: asyncio.Server | None = None
-
-    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        writer.close()
-
-
-@pytest.fixture
-async def make_listener() -> AsyncIterator[Callable[[str], Awaitable[Listener]]]:
-    made: list[Listener] = []
-
-    async def create(host: str) -> Listener:
-        listener = Listener()
-        listener.server = await asyncio.start_server(listener._accept, host, 0)
-        listener.port = listener.server.sockets[0].getsockname()[1]
-        made.append(listener)
-        return listener
-
-    yield create
-    for listener in made:
-        assert listener.server is not None
-        listener.server.close()
-        await listener.server.wait_closed()
 
 
 # --- success --------------------------------------------------------------------------
@@ -418,7 +388,7 @@ async def test_redirect_to_other_scheme_is_refused(
 
 
 async def test_redirect_to_forbidden_loopback_address(
-    origin: Origin, make_fetcher: MakeFetcher, make_listener: Callable[[str], Awaitable[Listener]]
+    origin: Origin, make_fetcher: MakeFetcher, make_listener: MakeListener
 ) -> None:
     """The origin (127.0.0.1, exempt) points at 127.0.0.2, which is not."""
     inner = await make_listener("127.0.0.2")
@@ -432,7 +402,7 @@ async def test_redirect_to_forbidden_loopback_address(
 
 
 async def test_redirect_to_ipv6_loopback(
-    origin: Origin, make_fetcher: MakeFetcher, make_listener: Callable[[str], Awaitable[Listener]]
+    origin: Origin, make_fetcher: MakeFetcher, make_listener: MakeListener
 ) -> None:
     try:
         inner = await make_listener("::1")
@@ -471,7 +441,7 @@ REFUSED_HOSTS = [
 
 @pytest.mark.parametrize("host", REFUSED_HOSTS)
 async def test_loopback_is_refused_by_default(
-    host: str, make_fetcher: MakeFetcher, make_listener: Callable[[str], Awaitable[Listener]]
+    host: str, make_fetcher: MakeFetcher, make_listener: MakeListener
 ) -> None:
     listener = await make_listener("127.0.0.1")
     started = time.monotonic()
@@ -483,7 +453,7 @@ async def test_loopback_is_refused_by_default(
 
 @pytest.mark.parametrize("host", ["[::1]", "[0:0:0:0:0:0:0:1]"])
 async def test_ipv6_loopback_is_refused_by_default(
-    host: str, make_fetcher: MakeFetcher, make_listener: Callable[[str], Awaitable[Listener]]
+    host: str, make_fetcher: MakeFetcher, make_listener: MakeListener
 ) -> None:
     try:
         listener = await make_listener("::1")
@@ -557,7 +527,7 @@ def test_parse_retry_after() -> None:
 
 
 async def test_socket_level_refusal_is_reported_as_a_refusal(
-    make_listener: Callable[[str], Awaitable[Listener]],
+    make_listener: MakeListener,
 ) -> None:
     """Should aiohttp ever skip GuardedConnector._resolve_host, the socket factory still
     refuses; the fetcher must then report the refusal, not a retryable connection error."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import sqlite3
 import threading
 import time
@@ -30,8 +29,8 @@ from tests.conftest import (
     csv_bytes,
     free_port,
     make_settings,
-    start_service_process,
 )
+from tests.procs import ServiceProcess
 
 
 async def test_small_request_is_not_starved_by_a_large_one(
@@ -78,27 +77,6 @@ async def test_failed_images_do_not_stop_the_request(
     assert "#2: " in row["Errors"]
 
 
-def _write_config(tmp_path: Path, port: int) -> Path:
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f"""
-[server]
-host = "127.0.0.1"
-port = {port}
-[database]
-path = "{tmp_path / "data" / "db.sqlite3"}"
-[storage]
-dir = "{tmp_path / "data" / "storage"}"
-[fetch]
-concurrency = 2
-allowed_networks = ["127.0.0.0/8"]
-[workers]
-threads = 1
-"""
-    )
-    return config
-
-
 def _succeeded_paths(db_path: Path) -> set[str]:
     with sqlite3.connect(db_path) as conn:
         rows = conn.execute("SELECT url FROM images WHERE status = 'succeeded'").fetchall()
@@ -106,22 +84,20 @@ def _succeeded_paths(db_path: Path) -> set[str]:
 
 
 async def test_kill_and_restart_loses_nothing(tmp_path: Path, origin: Origin) -> None:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    config = _write_config(tmp_path, port)
+    service = ServiceProcess(
+        tmp_path, fetch={"concurrency": 2, "allowed_networks": ["127.0.0.0/8"]}
+    )
+    base = service.url
     origin.delay = 0.1
     total = 40
     rows = [
         [str(n + 1), f"Item {n}", origin.add(f"{n}.jpg", images.photo_jpeg(48, 32, seed=n))]
         for n in range(total)
     ]
-    proc = await start_service_process(config, base)
+    await service.start()
     try:
         async with aiohttp.ClientSession() as client:
-            form = aiohttp.FormData()
-            form.add_field("file", csv_bytes(rows), filename="p.csv")
-            async with client.post(f"{base}/upload", data=form) as resp:
-                request_id = (await resp.json())["request_id"]
+            request_id = await service.submit(csv_bytes(rows))
             while True:
                 async with client.get(f"{base}/status/{request_id}") as resp:
                     done = (await resp.json())["images"]["succeeded"]
@@ -129,14 +105,13 @@ async def test_kill_and_restart_loses_nothing(tmp_path: Path, origin: Origin) ->
                     break
                 await asyncio.sleep(0.02)
     finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        service.kill()
 
-    finished_before = _succeeded_paths(tmp_path / "data" / "db.sqlite3")
+    finished_before = _succeeded_paths(service.db_path)
     assert 8 <= len(finished_before) < total
     hits_before = dict(origin.hits)
 
-    proc = await start_service_process(config, base)
+    await service.start()
     try:
         async with aiohttp.ClientSession() as client:
             deadline = time.monotonic() + 30
@@ -150,15 +125,14 @@ async def test_kill_and_restart_loses_nothing(tmp_path: Path, origin: Origin) ->
             async with client.get(doc["output_csv_url"]) as resp:
                 text = await resp.text()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=10)
+        await service.stop(timeout=10)
 
     # Finished images were not fetched again after the restart.
     for name in finished_before:
         assert origin.hits[name] == hits_before[name] == 1, name
     lines = text.strip().split("\r\n")
     assert len(lines) == total + 1
-    storage = tmp_path / "data" / "storage" / request_id
+    storage = service.storage_dir / request_id
     stored = sorted(os.listdir(storage))
     assert len(stored) == total
     for name in stored:

@@ -6,12 +6,10 @@ addresses are checked with check_address alone and never connected to.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import ipaddress
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 
 import aiohttp
 import pytest
@@ -34,6 +32,7 @@ from csvcompress.netguard import (
     guarded_socket_factory,
     legacy_ipv4,
 )
+from tests.conftest import MakeListener
 
 DEFAULT_GUARD = NetGuard(FetchSettings())
 
@@ -328,53 +327,6 @@ def test_legacy_spelling_message_names_the_address() -> None:
 
 
 # --- enforcement at connect time, against real loopback listeners -------------------------------
-
-
-@dataclass
-class Listener:
-    """A TCP server that counts connections and answers any request with "ok"."""
-
-    host: str
-    port: int = 0
-    connections: int = 0
-    server: asyncio.Server | None = field(default=None, repr=False)
-
-    @property
-    def netloc(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
-            await writer.drain()
-        except (OSError, asyncio.IncompleteReadError, TimeoutError):
-            pass
-        finally:
-            writer.close()
-
-
-MakeListener = Callable[[str], Awaitable[Listener]]
-
-
-@pytest.fixture
-async def make_listener() -> AsyncIterator[MakeListener]:
-    made: list[Listener] = []
-
-    async def create(host: str) -> Listener:
-        listener = Listener(host)
-        listener.server = await asyncio.start_server(listener._handle, host, 0)
-        listener.port = listener.server.sockets[0].getsockname()[1]
-        made.append(listener)
-        return listener
-
-    yield create
-    for listener in made:
-        assert listener.server is not None
-        listener.server.close()
-        await listener.server.wait_closed()
 
 
 MakeSession = Callable[..., aiohttp.ClientSession]

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import aiohttp
-import pytest
 from aiohttp import web
 from openapi_core import OpenAPI
 from openapi_core.datatypes import RequestParameters
@@ -20,7 +19,7 @@ from werkzeug.datastructures import Headers, ImmutableMultiDict
 
 from csvcompress.app import SERVICE
 from tests import images
-from tests.conftest import Origin, Service, ServiceFactory, csv_bytes, free_port
+from tests.conftest import HookReceiver, Origin, Service, ServiceFactory, csv_bytes
 
 # Served files, not part of the API.
 UNDESCRIBED = {"/static/{name}"}
@@ -79,22 +78,6 @@ class Checker:
         return resp.status, body
 
 
-@pytest.fixture
-async def webhook_receiver() -> AsyncIterator[str]:
-    async def receive(request: web.Request) -> web.Response:
-        await request.read()
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/hook", receive)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}/hook"
-    await runner.cleanup()
-
-
 async def _spec(service: Service) -> dict[str, Any]:
     async with service.client.get(f"{service.url}/openapi.json") as resp:
         assert resp.status == 200
@@ -139,7 +122,7 @@ async def test_every_route_is_described_and_nothing_else(create_service: Service
 
 
 async def test_live_responses_match_the_document(
-    create_service: ServiceFactory, origin: Origin, webhook_receiver: str
+    create_service: ServiceFactory, origin: Origin, hook_receiver: HookReceiver
 ) -> None:
     service = await create_service(limits={"max_upload_bytes": 4000})
     checker = Checker(service, OpenAPI.from_dict(await _spec(service)))
@@ -156,7 +139,7 @@ async def test_live_responses_match_the_document(
     too_big = csv_bytes([[str(n), "x" * 80, a] for n in range(100)])
 
     # Multipart request bodies are not checked (only their answers are).
-    status, body = await checker.call("POST", "/upload", data=_form(good, webhook_receiver))
+    status, body = await checker.call("POST", "/upload", data=_form(good, hook_receiver.url))
     assert status == 202
     finished = json.loads(body)["request_id"]
     assert (await checker.call("POST", "/upload", data=_form(refused)))[0] == 400

@@ -23,14 +23,12 @@ Run with -s to see the measured figures.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import gzip
 import io
 import ipaddress
-import signal
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -45,6 +43,7 @@ from aiohttp import web
 
 from tests import images
 from tests.conftest import csv_bytes, free_port
+from tests.procs import ServiceProcess
 
 ORIGIN_HOST = "127.0.0.3"
 MAX_BYTES = 8 * 1024 * 1024
@@ -403,34 +402,6 @@ class Run:
     exit_code: int | None
 
 
-def _write_config(tmp: Path, port: int) -> Path:
-    config = tmp / "config.toml"
-    config.write_text(
-        f"""
-[server]
-host = "127.0.0.1"
-port = {port}
-[database]
-path = "{tmp / "data" / "db.sqlite3"}"
-[storage]
-dir = "{tmp / "data" / "storage"}"
-[fetch]
-allowed_networks = ["{ORIGIN_HOST}/32"]
-timeout = {FETCH_TIMEOUT}
-connect_timeout = {FETCH_TIMEOUT}
-read_timeout = 5.0
-max_bytes = {MAX_BYTES}
-attempts = 1
-[workers]
-threads = 2
-shutdown_grace = 1.0
-[log]
-level = "info"
-"""
-    )
-    return config
-
-
 def _memory(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM of a process, in bytes."""
     found = {}
@@ -439,20 +410,6 @@ def _memory(pid: int) -> dict[str, int]:
         if key in ("VmRSS", "VmHWM"):
             found[key] = int(value.split()[0]) * 1024
     return found
-
-
-async def _wait_ready(
-    client: aiohttp.ClientSession, base: str, proc: subprocess.Popen[bytes]
-) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            async with client.get(f"{base}/status/none") as resp:
-                if resp.status == 404:
-                    return
-        except aiohttp.ClientError:
-            await asyncio.sleep(0.05)
-    raise AssertionError("the service did not start")
 
 
 async def _submit(client: aiohttp.ClientSession, base: str, data: bytes) -> str:
@@ -488,63 +445,60 @@ async def _output(client: aiohttp.ClientSession, doc: dict[str, Any]) -> dict[st
     return {row["Product Name"]: row for row in csv.DictReader(io.StringIO(text))}
 
 
-async def _attack(
-    origin: HostileOrigin, base: str, proc: subprocess.Popen[bytes], run: dict[str, Any]
-) -> None:
+async def _attack(origin: HostileOrigin, service: ServiceProcess, run: dict[str, Any]) -> None:
     found = attacks(origin)
     run["expected"] = {name: reason for name, _, reason in found}
     rows = [["0", GOOD, f"{origin.url}/good/first.jpg"]]
     rows += [[str(n + 1), name, url] for n, (name, url, _) in enumerate(found)]
     rows.append([str(len(rows)), f"{GOOD} last", f"{origin.url}/good/last.jpg"])
+    await service.start()
+    base, pid = service.url, service.pid
     async with aiohttp.ClientSession() as client:
-        await _wait_ready(client, base, proc)
         # Warm up (libvips, the database) so the baseline is the service at work, not at rest.
         warm = await _submit(client, base, csv_bytes([["1", "warm", f"{origin.url}/good/warm"]]))
-        assert (await _watch(client, base, warm, proc.pid))[0]["status"] == "complete"
-        run["rss_baseline"] = _memory(proc.pid)["VmRSS"]
+        assert (await _watch(client, base, warm, pid))[0]["status"] == "complete"
+        run["rss_baseline"] = _memory(pid)["VmRSS"]
         started = time.monotonic()
         request_id = await _submit(client, base, csv_bytes(rows))
-        doc, run["latencies"], run["rss_peak_sampled"] = await _watch(
-            client, base, request_id, proc.pid
-        )
+        doc, run["latencies"], run["rss_peak_sampled"] = await _watch(client, base, request_id, pid)
         run["duration"] = time.monotonic() - started
-        run["rss_hwm"] = _memory(proc.pid)["VmHWM"]
+        run["rss_hwm"] = _memory(pid)["VmHWM"]
         run["status"] = doc
         run["rows"] = await _output(client, doc)
         # The workers survived: the next request is processed.
         after = await _submit(client, base, csv_bytes([["1", "after", f"{origin.url}/good/after"]]))
-        run["after"] = (await _watch(client, base, after, proc.pid))[0]
+        run["after"] = (await _watch(client, base, after, pid))[0]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
-    tmp = tmp_path_factory.mktemp("security")
     origin = HostileOrigin()
     origin.start()
-    port = free_port()
-    config = _write_config(tmp, port)
-    log_path = tmp / "service.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "csvcompress", "--config", str(config), "serve"],
-            stdout=log,
-            stderr=log,
-        )
+    service = ServiceProcess(
+        tmp_path_factory.mktemp("security"),
+        fetch={
+            "allowed_networks": [f"{ORIGIN_HOST}/32"],
+            "timeout": FETCH_TIMEOUT,
+            "connect_timeout": FETCH_TIMEOUT,
+            "read_timeout": 5.0,
+            "max_bytes": MAX_BYTES,
+            "attempts": 1,
+        },
+        workers={"threads": 2, "shutdown_grace": 1.0},
+        log={"level": "info"},
+    )
     results: dict[str, Any] = {}
     try:
-        asyncio.run(_attack(origin, f"http://127.0.0.1:{port}", proc, results))
+        asyncio.run(_attack(origin, service, results))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        # Not stopped in 20 s: killed, and the exit code below says so.
+        with contextlib.suppress(AssertionError):
+            asyncio.run(service.stop(timeout=20))
         origin.stop()
     yield Run(
         origin=origin,
-        log=log_path.read_text(errors="replace"),
-        exit_code=proc.returncode,
+        log=service.log(),
+        exit_code=service.proc.returncode if service.proc is not None else None,
         **results,
     )
 

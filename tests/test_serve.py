@@ -62,14 +62,30 @@ def _image_states(db_path: Path) -> dict[str, int]:
         return dict(conn.execute("SELECT status, count(*) FROM images GROUP BY status").fetchall())
 
 
-async def _upload(client: aiohttp.ClientSession, service: ServiceProcess, gate: Gate) -> str:
+async def _upload_two_in_flight(service: ServiceProcess, gate: Gate) -> str:
+    """Upload IMAGES held images; return the request id once two downloads are on the wire."""
     rows = [[str(n + 1), f"Item {n}", gate.url(n)] for n in range(IMAGES)]
-    form = aiohttp.FormData()
-    form.add_field("file", csv_bytes(rows), filename="p.csv")
-    async with client.post(f"{service.url}/upload", data=form) as resp:
-        assert resp.status == 202, await resp.text()
-        request_id: str = (await resp.json())["request_id"]
-        return request_id
+    request_id = await service.submit(csv_bytes(rows))
+
+    async def two_in_flight() -> bool:
+        return gate.hits == 2
+
+    await _until(two_in_flight, "two downloads in flight")
+    return request_id
+
+
+async def _until_complete(service: ServiceProcess, request_id: str) -> dict[str, Any]:
+    """The request's status once it is complete (after a restart)."""
+    async with aiohttp.ClientSession() as client:
+
+        async def complete() -> bool:
+            async with client.get(f"{service.url}/status/{request_id}") as resp:
+                return bool((await resp.json())["status"] == "complete")
+
+        await _until(complete, "the request to complete after the restart", timeout=30)
+        async with client.get(f"{service.url}/status/{request_id}") as resp:
+            doc: dict[str, Any] = await resp.json()
+            return doc
 
 
 async def test_sigterm_lets_in_flight_images_finish_and_the_next_start_completes(
@@ -80,12 +96,7 @@ async def test_sigterm_lets_in_flight_images_finish_and_the_next_start_completes
     await service.start()
     try:
         async with aiohttp.ClientSession() as client:
-            request_id = await _upload(client, service, gate)
-
-            async def two_in_flight() -> bool:
-                return gate.hits == 2
-
-            await _until(two_in_flight, "two downloads in flight")
+            request_id = await _upload_two_in_flight(service, gate)
             service.send(signal.SIGTERM)
 
             async def stopping() -> bool:
@@ -121,16 +132,7 @@ async def test_sigterm_lets_in_flight_images_finish_and_the_next_start_completes
 
     await service.start()
     try:
-        async with aiohttp.ClientSession() as client:
-
-            async def complete() -> bool:
-                async with client.get(f"{service.url}/status/{request_id}") as resp:
-                    doc = await resp.json()
-                return bool(doc["status"] == "complete")
-
-            await _until(complete, "the request to complete after the restart", timeout=30)
-            async with client.get(f"{service.url}/status/{request_id}") as resp:
-                doc = await resp.json()
+        doc = await _until_complete(service, request_id)
         service.send(signal.SIGTERM)
         assert await service.exit_code(timeout=15) == 0
     finally:
@@ -148,17 +150,11 @@ async def test_when_the_grace_is_over_in_flight_images_stay_pending(
     service = ServiceProcess(tmp_path, workers={"threads": 1, "shutdown_grace": 1.0})
     await service.start()
     try:
-        async with aiohttp.ClientSession() as client:
-            request_id = await _upload(client, service, gate)
-
-            async def in_flight() -> bool:
-                return gate.hits == 2
-
-            await _until(in_flight, "two downloads in flight")
-            signalled = time.monotonic()
-            service.send(signal.SIGTERM)
-            assert await service.exit_code(timeout=20) == 0
-            took = time.monotonic() - signalled
+        request_id = await _upload_two_in_flight(service, gate)
+        signalled = time.monotonic()
+        service.send(signal.SIGTERM)
+        assert await service.exit_code(timeout=20) == 0
+        took = time.monotonic() - signalled
     finally:
         service.kill()
     assert 1.0 <= took < 8.0
@@ -177,12 +173,7 @@ async def test_a_second_signal_exits_at_once_losing_nothing(tmp_path: Path, gate
     await service.start()
     try:
         async with aiohttp.ClientSession() as client:
-            request_id = await _upload(client, service, gate)
-
-            async def in_flight() -> bool:
-                return gate.hits == 2
-
-            await _until(in_flight, "two downloads in flight")
+            request_id = await _upload_two_in_flight(service, gate)
             service.send(signal.SIGINT)
 
             async def stopping() -> bool:
@@ -203,12 +194,6 @@ async def test_a_second_signal_exits_at_once_losing_nothing(tmp_path: Path, gate
     gate.event.set()
     await service.start()
     try:
-        async with aiohttp.ClientSession() as client:
-
-            async def complete() -> bool:
-                async with client.get(f"{service.url}/status/{request_id}") as resp:
-                    return bool((await resp.json())["status"] == "complete")
-
-            await _until(complete, "the request to complete after the restart", timeout=30)
+        await _until_complete(service, request_id)
     finally:
         service.kill()

@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests import images
-from tests.conftest import Origin, Service, ServiceFactory, csv_bytes, free_port
+from tests.conftest import HookReceiver, Origin, Service, ServiceFactory, csv_bytes
 
 BOUNDARY = "csvcompress-test-boundary"
 MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
@@ -99,38 +97,21 @@ async def test_webhook_url_in_the_query_is_checked_too(create_service: ServiceFa
 
 
 async def test_allowed_networks_exempt_a_webhook_url_which_is_then_delivered(
-    create_service: ServiceFactory, origin: Origin
+    create_service: ServiceFactory, origin: Origin, hook_receiver: HookReceiver
 ) -> None:
     """The control: with its network allowed, the same kind of URL is accepted and reached."""
-    received: list[Any] = []
+    image = origin.add("a.jpg", images.photo_jpeg(32, 32))
+    webhook = hook_receiver.url.replace("127.0.0.1", "localhost")
+    closed = await create_service(fetch={"allowed_networks": ()})
+    refused = await closed.upload(csv_bytes([["1", "Shirt", image]]), webhook_url=webhook)
+    assert refused.status == 400
 
-    async def hook(request: web.Request) -> web.Response:
-        received.append(await request.json())
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        image = origin.add("a.jpg", images.photo_jpeg(32, 32))
-        webhook = f"http://localhost:{port}/hook"
-        closed = await create_service(fetch={"allowed_networks": ()})
-        refused = await closed.upload(csv_bytes([["1", "Shirt", image]]), webhook_url=webhook)
-        assert refused.status == 400
-
-        service = await create_service(fetch={"allowed_networks": ("127.0.0.1/32",)})
-        request_id = await service.submit(csv_bytes([["1", "Shirt", image]]), webhook)
-        doc = await service.wait(request_id)
-        deadline = time.monotonic() + 10
-        while not received and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        assert doc["webhook"]["url"] == webhook
-        assert [event["data"]["request_id"] for event in received] == [request_id]
-    finally:
-        await runner.cleanup()
+    service = await create_service(fetch={"allowed_networks": ("127.0.0.1/32",)})
+    request_id = await service.submit(csv_bytes([["1", "Shirt", image]]), webhook)
+    doc = await service.wait(request_id)
+    received = await hook_receiver.wait_for(1)
+    assert doc["webhook"]["url"] == webhook
+    assert [event["data"]["request_id"] for event in received] == [request_id]
 
 
 # --- the body is streamed and cut off at the limit -----------------------------------------
