@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m csvcompress.bench", description=__doc__)
     p.add_argument("--corpus", type=Path, help="a folder of real photos (default: generated)")
     p.add_argument("--images", type=int, default=500, help="distinct URLs per throughput run")
-    p.add_argument("--repeat", type=int, default=3, help="service runs, each between raw runs")
+    p.add_argument("--repeat", type=int, default=5, help="service runs, each between raw runs")
     p.add_argument("--big-images", type=int, default=1000, help="images in the memory run")
     p.add_argument("--rows", type=int, default=100_000, help="rows in the big upload")
     p.add_argument("--urls-per-row", type=int, default=3)
@@ -80,8 +80,10 @@ class Bench:
             )
             self.report.line(f"   service CPU ms/img by thread: {shares}")
 
-    def raw(self, photos: corpora.Corpus, settings: ImageSettings) -> Throughput:
-        result = scenarios.raw(photos, self.args.images, settings, self.threads)
+    def raw(
+        self, photos: corpora.Corpus, settings: ImageSettings, threads: int | None = None
+    ) -> Throughput:
+        result = scenarios.raw(photos, self.args.images, settings, threads or self.threads)
         self.show(result)
         return result
 
@@ -142,6 +144,9 @@ class Bench:
             f"({e2e.saved / e2e.bytes_in:.0%})"
         )
         self.raw(photos, ImageSettings(optimize_coding=not vips.optimize_coding))
+        # For reference: two pipelines leave the cores idle part of the time (libvips
+        # waits inside each one); one more thread than cores shows how much.
+        self.raw(photos, vips, self.threads + 1)
         if not self.args.no_pillow:
             pillow_raw = self.raw(photos, ImageSettings(engine="pillow"))
             pillow = await self.service(session, origin, photos, "pillow")
