@@ -5,17 +5,25 @@ waited for `Database.record_image`, so an image is still only marked done
 after it was stored, and a result that never reached a commit (the process was
 killed) leaves its image pending, to be redone on the next start.
 
-One task writes. While a batch commits in its thread, the results that arrive
-queue up and go together in the next one, so batches grow with the rate and
-no result waits on a timer. The writes use a connection of their own, in a
-thread of their own, so the event loop's connection (status pages, the
-scheduler) never queues behind them, and the four thread trips per image of
-BEGIN / UPDATE / UPDATE / COMMIT become one per batch.
+One task writes. A batch starts with the first result to arrive and takes
+whatever arrives within COMMIT_WINDOW after it (a group commit), and while it
+commits the next results queue up for the one after. The writes use a
+connection of their own, in a thread of their own, so the event loop's
+connection (status pages, the scheduler) never queues behind them, and the
+four thread trips per image of BEGIN / UPDATE / UPDATE / COMMIT become one per
+batch.
+
+The window costs each image up to 50 ms before it counts as done, which no
+one polling a status notices; without it, at the 40-50 images/s of two cores,
+almost every batch held one result, and each commit is a thread hand-off and
+an event loop wake-up. Measured (`make bench`'s per-thread CPU split): event
+loop 1.6 -> 1.1 ms per image, recorder and SQLite threads 0.35 -> 0.12 ms.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +37,8 @@ log = logging.getLogger(__name__)
 
 # Results written in one transaction at most.
 MAX_BATCH = 256
+# How long a batch waits, after its first result, for more to join it (seconds).
+COMMIT_WINDOW = 0.05
 
 
 def _new_future() -> asyncio.Future[int]:
@@ -43,8 +53,9 @@ class _Pending:
 
 
 class ResultRecorder:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, window: float = COMMIT_WINDOW) -> None:
         self._db = database
+        self._window = window
         # None asks the writer to finish what is queued and stop.
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="recorder")
@@ -82,10 +93,19 @@ class ResultRecorder:
         closing = False
         while not closing:
             batch = [await self._queue.get()]
+            if batch[0] is not None and self._window > 0:
+                await self._gather_more(batch)
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             closing = None in batch
             await self._write([p for p in batch if p is not None])
+
+    async def _gather_more(self, batch: list[_Pending | None]) -> None:
+        """Add what arrives within the window; stop early when full or told to close."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._window):
+                while len(batch) < MAX_BATCH and batch[-1] is not None:
+                    batch.append(await self._queue.get())
 
     async def _write(self, batch: list[_Pending]) -> None:
         if not batch:

@@ -116,3 +116,52 @@ async def test_a_result_is_recorded_once_even_if_handed_over_twice(database: Dat
     assert (first, second) == (1, 0)
     counts = await database.get_counts(REQUEST)
     assert (counts.succeeded, counts.failed) == (1, 0)
+
+
+async def test_results_arriving_within_the_window_share_one_commit(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes = count_batches(monkeypatch)
+    recorder = ResultRecorder(database, window=2.0)
+    await recorder.start()
+    todo = await jobs(database)
+
+    async def one_after_another() -> list[int]:
+        tasks = []
+        for job in todo[:6]:
+            tasks.append(asyncio.create_task(recorder.record(job, ok(job.id))))
+            await asyncio.sleep(0.01)  # as workers finish, a few ms apart
+        return [await task for task in tasks]
+
+    assert await one_after_another() == [2, 1, 1, 1, 1, 1]
+    await recorder.close()
+    assert sizes == [6]
+    assert (await database.get_counts(REQUEST)).succeeded == 7
+
+
+async def test_without_a_window_each_result_spaced_apart_commits_alone(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes = count_batches(monkeypatch)
+    recorder = ResultRecorder(database, window=0)
+    await recorder.start()
+    for job in (await jobs(database))[:3]:
+        assert await recorder.record(job, ok(job.id)) >= 1
+    await recorder.close()
+    assert sizes == [1, 1, 1]
+
+
+async def test_close_does_not_wait_out_the_window(database: Database) -> None:
+    recorder = ResultRecorder(database, window=30.0)
+    await recorder.start()
+    job = (await jobs(database))[2]
+    waiting = asyncio.create_task(recorder.record(job, ok(job.id)))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # held for the window
+
+    started = asyncio.get_running_loop().time()
+    await recorder.close()
+
+    assert await waiting == 1
+    assert asyncio.get_running_loop().time() - started < 10.0  # not the 30 s window
+    assert (await database.get_counts(REQUEST)).succeeded == 1
