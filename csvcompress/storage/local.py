@@ -68,8 +68,13 @@ def _write_atomically(path: Path, data: bytes) -> None:
     """Write under a temporary name and rename: a crash never leaves half a file."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
+        try:
+            f = open(tmp, "wb")  # noqa: SIM115 - closed by the with below
+        except FileNotFoundError:
+            # A request's first image: its folder is made once, not checked on every write.
+            path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(tmp, "wb")  # noqa: SIM115
+        with f:
             f.write(data)
         os.replace(tmp, path)
     except OSError:
