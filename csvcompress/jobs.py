@@ -208,7 +208,7 @@ class Processor:
             url = encoded.url
             if url is None:
                 with self._metrics.stage("store"):
-                    url = await self._store(encoded, tried=encoded.tried)
+                    url = await self._store(encoded)
         except StorageRejected as exc:
             self._reject(job.request_id, exc)
             return ImageResult(output_url=None, error=exc.message, error_code=exc.code)
@@ -251,10 +251,10 @@ class Processor:
         """The request is finished: drop what was remembered about it."""
         self._rejected.pop(request_id, None)
 
-    async def _store(self, encoded: _Encoded, tried: int = 0) -> str:
-        """Store with the backend's async put, after `tried` failed tries elsewhere."""
+    async def _store(self, encoded: _Encoded) -> str:
+        """Store with the backend's async put, after the tries made in the CPU thread."""
         image = encoded.image
-        for attempt in range(tried + 1, STORE_ATTEMPTS + 1):
+        for attempt in range(encoded.tried + 1, STORE_ATTEMPTS + 1):
             if attempt > 1:
                 await asyncio.sleep(0.2 * 2 ** (attempt - 1))
             try:
@@ -262,7 +262,7 @@ class Processor:
             except StorageError as exc:
                 if not exc.retryable or attempt == STORE_ATTEMPTS:
                     raise
-        raise StorageError(f"could not write {encoded.key}")  # tried >= STORE_ATTEMPTS
+        raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
 
 
 class JobQueue:
