@@ -443,6 +443,16 @@ class _Columns:
     serial: int | None
     name: int | None
 
+    def summary(self, rows: int, images: int) -> CsvSummary:
+        return CsvSummary(
+            header=self.header,
+            url_column=self.url,
+            serial_column=self.serial,
+            name_column=self.name,
+            rows=rows,
+            images=images,
+        )
+
 
 def validate(path: Path, limits: LimitSettings, on_row: RowHook | None = None) -> CsvSummary:
     """Pass 1: check the whole file, streaming; the summary, or CsvInvalid listing the problems.
@@ -495,14 +505,7 @@ def _scan(
         rows, images = _scan_rows(records, columns, limits, report, on_row)
     if rows == 0:
         report.add(columns.line + 1, "", "the CSV has no data rows")
-    return CsvSummary(
-        header=columns.header,
-        url_column=columns.url,
-        serial_column=columns.serial,
-        name_column=columns.name,
-        rows=rows,
-        images=images,
-    )
+    return columns.summary(rows, images)
 
 
 def accepted_summary(path: Path, rows: int, images: int) -> CsvSummary:
@@ -518,14 +521,7 @@ def accepted_summary(path: Path, rows: int, images: int) -> CsvSummary:
     columns = _find_columns(*first, report) if first is not None else None
     if columns is None or report.problems:
         raise ValueError(f"{path} is not a file that validate accepted")
-    return CsvSummary(
-        header=columns.header,
-        url_column=columns.url,
-        serial_column=columns.serial,
-        name_column=columns.name,
-        rows=rows,
-        images=images,
-    )
+    return columns.summary(rows, images)
 
 
 def _find_columns(line: int, header: list[str], report: _Report) -> _Columns | None:
