@@ -35,9 +35,12 @@ def _check_idle(service: Service, request_id: str) -> None:
         raise Conflict(f"request {request_id} is still being finished; try again in a moment")
 
 
-async def _status_response(service: Service, request_id: str) -> web.Response:
-    record = await _find(service, request_id)
-    counts = await service.db.get_counts(request_id)
+async def status_response(service: Service, request_id: str) -> web.Response:
+    """The /status document of a request (GET /status, and DELETE of an unfinished one)."""
+    found = await service.db.get_request_with_counts(request_id)
+    if found is None:
+        raise NotFound(f"no request with id {request_id}")
+    record, counts = found
     delivery = await service.db.latest_delivery(request_id) if record.webhook_url else None
     doc = status_document(record, counts, delivery, service.settings.server.base_url)
     return web.json_response(doc, headers={"Cache-Control": "no-store"})
@@ -53,7 +56,7 @@ async def delete_request(request: web.Request) -> web.Response:
                 f"request {request_id} finished before it could be cancelled; "
                 "send DELETE again to remove it"
             )
-        return await _status_response(service, request_id)
+        return await status_response(service, request_id)
     _check_idle(service, request_id)
     if not await service.retention.remove(request_id):
         raise ServiceUnavailable(

@@ -12,8 +12,8 @@ from . import api, imaging, pages, uploads
 from .app import SERVICE
 from .auth import setup_api_key
 from .config import Settings
-from .control import setup_control_routes
-from .documents import status_document, status_url
+from .control import setup_control_routes, status_response
+from .documents import status_url
 from .errors import CsvCompressError, NotFound, StorageError
 from .ops import setup_ops_routes
 from .storage import LocalStorage
@@ -66,14 +66,7 @@ async def upload(request: web.Request) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    request_id = request.match_info["request_id"]
-    found = await service.db.get_request_with_counts(request_id)
-    if found is None:
-        raise NotFound(f"no request with id {request_id}")
-    record, counts = found
-    delivery = await service.db.latest_delivery(request_id) if record.webhook_url else None
-    doc = status_document(record, counts, delivery, service.settings.server.base_url)
-    return web.json_response(doc, headers={"Cache-Control": "no-store"})
+    return await status_response(service, request.match_info["request_id"])
 
 
 async def output_csv(request: web.Request) -> web.FileResponse:
