@@ -4,45 +4,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
 
-from . import cpupool, imaging
-from .config import Settings
-from .db import Database
-from .fetcher import Fetcher
-from .jobs import JobQueue, Processor
-from .metrics import Metrics
-from .netguard import NetGuard, create_session
-from .retention import Retention
-from .storage import Storage, create_storage
-from .webhooks import WebhookSender
+from csvcompress.config import Settings
+from csvcompress.http.keys import SERVICE, SETTINGS, Service
+from csvcompress.http.web import setup_routes
+from csvcompress.jobs.dispatcher import JobQueue
+from csvcompress.jobs.processor import Processor
+from csvcompress.metrics import Metrics
+from csvcompress.pipeline import cpupool, imaging
+from csvcompress.pipeline.fetcher import Fetcher
+from csvcompress.pipeline.netguard import NetGuard, create_session
+from csvcompress.retention import Retention
+from csvcompress.storage import create_storage
+from csvcompress.store.sqlite import Database
+from csvcompress.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Service:
-    """Everything a handler may need, created on start-up and closed on clean-up."""
-
-    settings: Settings
-    db: Database
-    storage: Storage
-    guard: NetGuard
-    session: aiohttp.ClientSession
-    pool: ThreadPoolExecutor
-    queue: JobQueue
-    webhooks: WebhookSender
-    metrics: Metrics
-    retention: Retention
-
-
-SETTINGS = web.AppKey("settings", Settings)
-SERVICE = web.AppKey("service", Service)
 
 
 async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -84,8 +64,6 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings) -> web.Application:
-    from .web import setup_routes  # the routes need SERVICE, defined above
-
     app = web.Application(middlewares=[], client_max_size=1024 * 1024)
     app[SETTINGS] = settings
     setup_routes(app, settings)

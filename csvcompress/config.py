@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from csvcompress.errors import ConfigError
 
 CONFIG_ENV = "CSVCOMPRESS_CONFIG"
 ENV_PREFIX = "CSVCOMPRESS_"

@@ -68,8 +68,8 @@ from pathlib import Path
 from typing import IO, NoReturn
 from urllib.parse import urlsplit
 
-from .config import LimitSettings
-from .errors import CsvInvalid, Problem
+from csvcompress.config import LimitSettings
+from csvcompress.errors import CsvInvalid, Problem
 
 log = logging.getLogger(__name__)
 

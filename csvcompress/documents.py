@@ -8,7 +8,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from .models import DeliveryRecord, DeliveryState, ImageCounts, RequestRecord, RequestStatus
+from csvcompress.models import (
+    DeliveryRecord,
+    DeliveryState,
+    ImageCounts,
+    RequestRecord,
+    RequestStatus,
+)
 
 
 def status_url(base_url: str, request_id: str) -> str:

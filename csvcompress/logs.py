@@ -31,7 +31,7 @@ from aiohttp import web
 from aiohttp.web_log import AccessLogger as AiohttpAccessLogger
 from pythonjsonlogger.json import JsonFormatter
 
-from .config import LogSettings, Settings
+from csvcompress.config import LogSettings, Settings
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 REDACTED = "[redacted]"

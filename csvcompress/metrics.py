@@ -15,8 +15,8 @@ from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from .db import Database
-from .models import ImageResult, ImageStatus
+from csvcompress.models import ImageResult, ImageStatus
+from csvcompress.store.sqlite import Database
 
 STAGES = ("download", "compress", "store")
 # Seconds; a download can take up to fetch.timeout, a compression a few seconds for 24 MP.

@@ -19,6 +19,11 @@ class RequestStatus(StrEnum):
         return self in (RequestStatus.COMPLETE, RequestStatus.FAILED, RequestStatus.CANCELLED)
 
 
+# The groups of request states, defined once: everything else imports these.
+FINISHED_STATUSES: tuple[RequestStatus, ...] = tuple(s for s in RequestStatus if s.finished)
+UNFINISHED_STATUSES: tuple[RequestStatus, ...] = tuple(s for s in RequestStatus if not s.finished)
+
+
 class ImageStatus(StrEnum):
     PENDING = "pending"
     SUCCEEDED = "succeeded"

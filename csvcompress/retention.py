@@ -13,12 +13,12 @@ import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from .config import Settings
-from .db import Database
-from .errors import StorageError
-from .jobs import JobQueue
-from .logs import request_context
-from .storage import Storage
+from csvcompress.config import Settings
+from csvcompress.errors import StorageError
+from csvcompress.jobs.dispatcher import JobQueue
+from csvcompress.logs import request_context
+from csvcompress.storage import Storage
+from csvcompress.store.sqlite import Database
 
 log = logging.getLogger(__name__)
 

@@ -35,15 +35,15 @@ from pathlib import Path
 import aiohttp
 from standardwebhooks import Webhook
 
-from .config import WEBHOOK_SECRET_PREFIX, Settings, webhook_secret_problem
-from .db import Database
-from .documents import request_data
-from .errors import AddressNotAllowed, ConfigError, Conflict, NotFound
-from .fetcher import _find_refusal, parse_retry_after
-from .logs import add_secret
-from .metrics import Metrics
-from .models import DeliveryRecord, DeliveryState, RequestStatus
-from .netguard import NetGuard, create_session
+from csvcompress.config import WEBHOOK_SECRET_PREFIX, Settings, webhook_secret_problem
+from csvcompress.documents import request_data
+from csvcompress.errors import AddressNotAllowed, ConfigError, Conflict, NotFound
+from csvcompress.logs import add_secret
+from csvcompress.metrics import Metrics
+from csvcompress.models import DeliveryRecord, DeliveryState, RequestStatus
+from csvcompress.pipeline.fetcher import _find_refusal, parse_retry_after
+from csvcompress.pipeline.netguard import NetGuard, create_session
+from csvcompress.store.sqlite import Database
 
 log = logging.getLogger(__name__)
 

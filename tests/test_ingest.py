@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from csvcompress import db, uploads
 from csvcompress.config import Settings, replace_settings
 from csvcompress.errors import CsvInvalid
+from csvcompress.http import uploads
+from csvcompress.store import sqlite as db
 from tests.conftest import csv_bytes
 
 

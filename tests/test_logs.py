@@ -96,7 +96,10 @@ async def test_text_lines_are_tagged_with_the_request(
     lines = captured.getvalue().splitlines()
     failed = [line for line in lines if "gone.jpg failed" in line]
     assert len(failed) == 1
-    assert f" INFO csvcompress.jobs [{request_id}]: image {origin.url}/gone.jpg failed" in failed[0]
+    assert (
+        f" INFO csvcompress.jobs.dispatcher [{request_id}]: image {origin.url}/gone.jpg failed"
+        in failed[0]
+    )
     # A line about no request in particular has no tag.
     logging.getLogger("csvcompress.test").info("hello")
     assert captured.getvalue().splitlines()[-1].endswith(" INFO csvcompress.test: hello")

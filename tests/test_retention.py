@@ -10,7 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from csvcompress.app import SERVICE
+from csvcompress.http.keys import SERVICE
 from csvcompress.retention import iso_cutoff
 from tests import images
 from tests.conftest import HookReceiver, Origin, Service, ServiceFactory, csv_bytes

@@ -22,11 +22,11 @@ import pytest
 from aiohttp import web
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from csvcompress import db
-from csvcompress.app import SERVICE
 from csvcompress.config import settings_from_dict
 from csvcompress.errors import ConfigError
+from csvcompress.http.keys import SERVICE
 from csvcompress.models import DeliveryState, RequestStatus
+from csvcompress.store import sqlite as db
 from csvcompress.webhooks import (
     MAX_CONCURRENT_DELIVERIES,
     MAX_RETRY_AFTER,

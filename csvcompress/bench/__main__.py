@@ -13,12 +13,12 @@ from pathlib import Path
 
 import aiohttp
 
-from ..config import ImageSettings, WorkerSettings
-from . import corpus as corpora
-from . import report as rep
-from . import scenarios
-from .report import Report
-from .scenarios import Origin, Throughput
+from csvcompress.bench import corpus as corpora
+from csvcompress.bench import report as rep
+from csvcompress.bench import scenarios
+from csvcompress.bench.report import Report
+from csvcompress.bench.scenarios import Origin, Throughput
+from csvcompress.config import ImageSettings, WorkerSettings
 
 SECTIONS = ("throughput", "memory", "upload", "latency")
 MB = 1024 * 1024

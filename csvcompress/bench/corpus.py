@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import samples
+from csvcompress import samples
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyvips
 
-from ..config import WorkerSettings
+from csvcompress.config import WorkerSettings
 
 # The targets.
 MIN_SERVICE_RATIO = 0.90

@@ -13,11 +13,8 @@ from typing import Any
 
 import aiohttp
 
-from .. import cpupool, imaging
-from ..config import ImageSettings, WorkerSettings
-from ..errors import ImageRejected
-from .corpus import Corpus, csv_bytes
-from .service import (
+from csvcompress.bench.corpus import Corpus, csv_bytes
+from csvcompress.bench.service import (
     ServiceProcess,
     cpu_seconds,
     is_complete,
@@ -26,6 +23,9 @@ from .service import (
     upload,
     wait_until,
 )
+from csvcompress.config import ImageSettings, WorkerSettings
+from csvcompress.errors import ImageRejected
+from csvcompress.pipeline import cpupool, imaging
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..config import Settings
-from ..errors import ConfigError
-from .base import BlockingPut, Storage
-from .cloudinary import CloudinaryStorage
-from .local import LocalStorage
-from .null import NullStorage
+from csvcompress.config import Settings
+from csvcompress.errors import ConfigError
+from csvcompress.storage.base import BlockingPut, Storage
+from csvcompress.storage.cloudinary import CloudinaryStorage
+from csvcompress.storage.local import LocalStorage
+from csvcompress.storage.null import NullStorage
 
 __all__ = [
     "BACKENDS",

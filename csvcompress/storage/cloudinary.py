@@ -38,9 +38,9 @@ import aiohttp
 import certifi
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
-from ..config import CloudinarySettings
-from ..errors import ConfigError, StorageError, StorageFailed, StorageRejected
-from ..fetcher import parse_retry_after
+from csvcompress.config import CloudinarySettings
+from csvcompress.errors import ConfigError, StorageError, StorageFailed, StorageRejected
+from csvcompress.pipeline.fetcher import parse_retry_after
 
 log = logging.getLogger(__name__)
 

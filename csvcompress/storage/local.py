@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath
 import aiofiles
 import aiofiles.os
 
-from ..errors import StorageError
+from csvcompress.errors import StorageError
 
 
 class LocalStorage:

@@ -1,0 +1,42 @@
+"""The handle on the running service that handlers reach through the app: a leaf module.
+
+Handlers import `SERVICE` from here, never from `app.py`, so the HTTP modules do not
+import the module that wires them (no import cycle).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from csvcompress.config import Settings
+from csvcompress.jobs.dispatcher import JobQueue
+from csvcompress.metrics import Metrics
+from csvcompress.pipeline.netguard import NetGuard
+from csvcompress.retention import Retention
+from csvcompress.storage import Storage
+from csvcompress.store.sqlite import Database
+from csvcompress.webhooks import WebhookSender
+
+
+@dataclass
+class Service:
+    """Everything a handler may need, created on start-up and closed on clean-up."""
+
+    settings: Settings
+    db: Database
+    storage: Storage
+    guard: NetGuard
+    session: aiohttp.ClientSession
+    pool: ThreadPoolExecutor
+    queue: JobQueue
+    webhooks: WebhookSender
+    metrics: Metrics
+    retention: Retention
+
+
+SETTINGS = web.AppKey("settings", Settings)
+SERVICE = web.AppKey("service", Service)

@@ -1,0 +1,221 @@
+"""Taking an upload in: stream it to disk, validate it, store the request.
+
+The body is written to disk as it arrives, never held whole in memory, and
+refused as soon as it passes the size limit: every byte of the body counts
+(the file, other fields, the multipart framing), whether or not it is declared
+in Content-Length, so a chunked body that never ends is cut off too.
+Validation and the database insert run in a thread so a 100,000-row file
+does not stall the event loop.
+
+A webhook URL is checked against the network guard before the upload is
+accepted: its host is resolved and every address it stands for must be one
+the service may connect to (see netguard.check_destination).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+from urllib.parse import urlsplit
+
+import aiofiles
+from aiohttp import BodyPartReader, MultipartReader, StreamReader, web
+from aiohttp.http_exceptions import BadHttpMessage
+from yarl import URL
+
+from csvcompress import csv_input
+from csvcompress.config import LimitSettings, Settings
+from csvcompress.errors import AddressNotAllowed, BadRequest, PayloadTooLarge
+from csvcompress.pipeline.netguard import NetGuard, check_destination
+from csvcompress.store import sqlite as db
+
+FILE_FIELD = "file"
+WEBHOOK_FIELD = "webhook_url"
+MAX_WEBHOOK_URL_LENGTH = 2048
+CHUNK = 256 * 1024
+# Seconds a webhook host may take to resolve at upload before the upload is refused.
+WEBHOOK_RESOLVE_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class Accepted:
+    request_id: str
+    rows: int
+    images: int
+
+
+def new_request_id() -> str:
+    # uuid4: 122 random bits, so an ID can be shared without being guessable.
+    return uuid.uuid4().hex
+
+
+def check_webhook_url(url: str) -> str:
+    url = url.strip()
+    if len(url) > MAX_WEBHOOK_URL_LENGTH:
+        raise BadRequest(f"webhook_url is longer than {MAX_WEBHOOK_URL_LENGTH} characters")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BadRequest("webhook_url must be an absolute http:// or https:// URL")
+    return url
+
+
+async def check_webhook_destination(url: str, guard: NetGuard) -> None:
+    """Refuse (400) a webhook URL whose host is or resolves to an address the guard refuses.
+
+    Delivery is checked again when it connects; this tells the user now.
+    """
+    try:
+        parsed = URL(url)
+    except ValueError:
+        raise BadRequest("webhook_url must be an absolute http:// or https:// URL") from None
+    host = parsed.raw_host or ""
+    prefix = "webhook_url not allowed"
+    try:
+        async with asyncio.timeout(WEBHOOK_RESOLVE_TIMEOUT):
+            await check_destination(guard, host, parsed.port or 0)
+    except AddressNotAllowed as exc:
+        raise BadRequest(f"{prefix}: {exc.message}") from None
+    except TimeoutError:
+        raise BadRequest(
+            f"{prefix}: looking up {host} took longer than {WEBHOOK_RESOLVE_TIMEOUT:g} s"
+        ) from None
+    except OSError:
+        raise BadRequest(f"{prefix}: cannot resolve {host}") from None
+
+
+async def receive(request: web.Request, settings: Settings) -> tuple[Path, str | None]:
+    """Stream the multipart body's CSV to a file; returns (path, webhook URL)."""
+    limits = settings.limits
+    if request.content_length is not None and request.content_length > limits.max_upload_bytes:
+        raise _too_large(limits)
+    if not request.content_type.startswith("multipart/"):
+        raise BadRequest(
+            "send the CSV as multipart/form-data with the file in a field named 'file'"
+        )
+    uploads = settings.data_dir / "uploads"
+    await asyncio.to_thread(uploads.mkdir, parents=True, exist_ok=True)
+    form = _Form(webhook=request.query.get(WEBHOOK_FIELD) or None)
+    try:
+        await _read_form(request, limits, uploads, form)
+        if form.path is None:
+            raise BadRequest("no file: send the CSV in a form field named 'file'")
+        webhook = form.webhook.strip() if form.webhook else None
+        if webhook:
+            webhook = check_webhook_url(webhook)
+            await check_webhook_destination(webhook, NetGuard(settings.fetch))
+    except BaseException:
+        if form.path is not None:
+            await asyncio.to_thread(_unlink_quietly, form.path)
+        raise
+    return form.path, webhook or None
+
+
+@dataclass
+class _Form:
+    webhook: str | None
+    path: Path | None = None
+
+
+async def _read_form(
+    request: web.Request, limits: LimitSettings, uploads: Path, form: _Form
+) -> None:
+    body = _CappedBody(request.content, limits)
+    try:
+        reader = MultipartReader(request.headers, cast(StreamReader, body))
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                continue
+            if part.name == FILE_FIELD and form.path is None:
+                form.path = uploads / f"{new_request_id()}.csv.part"
+                await _save(part, form.path)
+            elif part.name == WEBHOOK_FIELD:
+                text = (await part.read_chunk(MAX_WEBHOOK_URL_LENGTH + 1)).decode(errors="replace")
+                form.webhook = text or form.webhook
+    except (ValueError, BadHttpMessage) as exc:
+        # aiohttp's multipart reader says "malformed" with these.
+        raise BadRequest(f"the multipart/form-data body is malformed: {exc}") from None
+
+
+class _CappedBody:
+    """The request body as the multipart reader takes it, refused past the upload limit.
+
+    Every byte the reader takes counts: the file, fields and parts we skip,
+    the preamble and the part headers. aiohttp's MultipartReader and
+    BodyPartReader use exactly these four methods of their stream (see the
+    test of an endless preamble in tests/test_uploads.py).
+    """
+
+    def __init__(self, stream: StreamReader, limits: LimitSettings) -> None:
+        self._stream = stream
+        self._limits = limits
+        self._taken = 0
+
+    async def readline(self, *, max_line_length: int | None = None) -> bytes:
+        return self._take(await self._stream.readline(max_line_length=max_line_length))
+
+    async def read(self, n: int = -1) -> bytes:
+        return self._take(await self._stream.read(n))
+
+    def unread_data(self, data: bytes) -> None:
+        self._taken -= len(data)
+        with warnings.catch_warnings():
+            # Deprecated in aiohttp, and called by its own multipart reader.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self._stream.unread_data(data)
+
+    def at_eof(self) -> bool:
+        return self._stream.at_eof()
+
+    def _take(self, data: bytes) -> bytes:
+        self._taken += len(data)
+        if self._taken > self._limits.max_upload_bytes:
+            raise _too_large(self._limits)
+        return data
+
+
+async def _save(part: BodyPartReader, path: Path) -> None:
+    async with aiofiles.open(path, "wb") as f:
+        while chunk := await part.read_chunk(CHUNK):
+            await f.write(chunk)
+
+
+def _too_large(limits: LimitSettings) -> PayloadTooLarge:
+    return PayloadTooLarge(f"the file is larger than the limit of {limits.max_upload_bytes} bytes")
+
+
+def ingest(part_path: Path, settings: Settings, webhook_url: str | None) -> Accepted:
+    """Validate the saved CSV and store the request (runs in a thread).
+
+    One pass over the file: each row is stored as soon as it is checked, in one
+    transaction that is committed only if the whole file passes. On any problem
+    the transaction is rolled back, the file removed, and nothing is stored.
+    """
+    request_id = new_request_id()
+    final = part_path.with_name(f"{request_id}.csv")
+    try:
+        with db.RequestInserter(settings.database.path, request_id) as inserter:
+
+            def store(index: int, url_cell: str) -> None:
+                inserter.add(index, csv_input.split_urls(url_cell))
+
+            summary = csv_input.validate(part_path, settings.limits, on_row=store)
+            os.replace(part_path, final)
+            images = inserter.finish(
+                input_path=str(final), webhook_url=webhook_url, rows=summary.rows
+            )
+    except BaseException:
+        _unlink_quietly(part_path)
+        _unlink_quietly(final)
+        raise
+    return Accepted(request_id=request_id, rows=summary.rows, images=images)
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()

@@ -1,0 +1,266 @@
+"""The one HTTP client for images: limits, redirects, retries.
+
+One download is one *attempt* of at most `fetch.timeout` seconds, covering
+every redirect hop and the whole body. Attempts that fail for a reason worth
+another try (connection errors, timeouts, HTTP 5xx and 429) are repeated up
+to `fetch.attempts` times in all, waiting `fetch.backoff` seconds, doubling
+each time, or as long as the origin's Retry-After asks if that is longer
+(capped at MAX_RETRY_AFTER). A download therefore gives up after at most
+about attempts x timeout plus the waits.
+
+Redirects are followed here, one hop at a time, so that each hop's host is
+checked against `fetch.allowed_hosts`; the address each hop connects to is
+checked by the session's GuardedConnector (see netguard).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import aiohttp
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+from yarl import URL
+
+from csvcompress.config import FetchSettings
+from csvcompress.errors import (
+    AddressNotAllowed,
+    FetchError,
+    FetchRetryable,
+    TooLarge,
+    TooManyRedirects,
+)
+from csvcompress.pipeline.netguard import AddressRefusedError, GuardedConnector, NetGuard
+
+log = logging.getLogger(__name__)
+
+ALLOWED_SCHEMES = frozenset({"http", "https"})
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# Longest wait a Retry-After header can ask for, and the longest back-off.
+MAX_RETRY_AFTER = 60.0
+MAX_BACKOFF = 30.0
+ACCEPT = "image/*, */*;q=0.5"
+
+
+@dataclass(frozen=True)
+class Fetched:
+    data: bytes
+    url: str  # final URL after redirects
+    content_type: str | None
+
+
+class Fetcher:
+    """Downloads images from URLs found in uploaded CSVs."""
+
+    def __init__(self, settings: FetchSettings, session: aiohttp.ClientSession) -> None:
+        settings.validate()
+        if not isinstance(session.connector, GuardedConnector):
+            raise TypeError("Fetcher needs a session from netguard.create_session")
+        self._settings = settings
+        self._session = session
+        self._guard = NetGuard(settings)
+        # Whole-attempt limit is applied with asyncio.timeout in _attempt, so it
+        # covers all redirect hops and the body, but not the wait for a slot.
+        self._timeout = aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=settings.connect_timeout,
+            sock_read=settings.read_timeout,
+        )
+        self._slots = asyncio.Semaphore(settings.concurrency)
+
+    async def fetch(self, url: str) -> Fetched:
+        """Download `url`, following redirects; raise a FetchError subclass on failure."""
+        attempts = self._settings.attempts
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(attempts),
+            wait=self._wait,
+            retry=retry_if_exception_type(FetchRetryable),
+            before_sleep=_log_retry,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._attempt(url)
+        except FetchRetryable as exc:
+            if attempts == 1:
+                raise
+            raise FetchRetryable(
+                f"{exc.message} (after {attempts} attempts)", exc.retry_after
+            ) from exc
+        raise AssertionError("unreachable: tenacity neither returned nor raised")
+
+    def _wait(self, state: RetryCallState) -> float:
+        backoff = min(self._settings.backoff * 2.0 ** (state.attempt_number - 1), MAX_BACKOFF)
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(exc, FetchRetryable) and exc.retry_after is not None:
+            return max(backoff, exc.retry_after)
+        return backoff
+
+    async def _attempt(self, url: str) -> Fetched:
+        async with self._slots:
+            try:
+                async with asyncio.timeout(self._settings.timeout):
+                    return await self._follow(url)
+            except TimeoutError:
+                raise FetchRetryable(f"timed out after {self._settings.timeout:g} s") from None
+
+    async def _follow(self, url: str) -> Fetched:
+        current = _parse_url(url)
+        for _hop in range(self._settings.max_redirects + 1):
+            self._guard.check_host(current.raw_host)
+            target = await self._get(current)
+            if isinstance(target, Fetched):
+                return target
+            current = target
+        raise TooManyRedirects(f"too many redirects (more than {self._settings.max_redirects})")
+
+    async def _get(self, url: URL) -> Fetched | URL:
+        """One hop: the image, or the URL it redirects to."""
+        try:
+            async with self._session.get(
+                url,
+                allow_redirects=False,
+                timeout=self._timeout,
+                headers={"Accept": ACCEPT},
+            ) as resp:
+                if resp.status in REDIRECT_STATUSES and resp.headers.get("Location"):
+                    return _redirect_target(url, resp.headers["Location"])
+                _check_status(resp)
+                data = await self._read_body(resp)
+                content_type = resp.content_type if "Content-Type" in resp.headers else None
+                return Fetched(data=data, url=str(url), content_type=content_type)
+        except aiohttp.ClientError as exc:
+            raise _translate(exc) from exc
+
+    async def _read_body(self, resp: aiohttp.ClientResponse) -> bytes:
+        limit = self._settings.max_bytes
+        too_large = f"image is larger than the limit of {limit} bytes"
+        if resp.content_length is not None and resp.content_length > limit:
+            raise TooLarge(too_large)
+        # Whatever has arrived, in one piece per read, joined once at the end: a quarter
+        # of the event loop's time per image less than growing a buffer 64 KiB at a time.
+        # The sum is checked as it grows: a compressed body may exceed its Content-Length.
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise TooLarge(too_large)
+            chunks.append(chunk)
+        if not size:
+            raise FetchError("empty body")
+        return b"".join(chunks)
+
+
+def parse_retry_after(
+    value: str | None, now: datetime | None = None, *, cap: float = MAX_RETRY_AFTER
+) -> float | None:
+    """Seconds a Retry-After header asks to wait (delta-seconds or HTTP date), capped."""
+    if not value or not value.strip():
+        return None
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        seconds = float(text)
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    return min(max(seconds, 0.0), cap)
+
+
+def _parse_url(url: str) -> URL:
+    try:
+        parsed = URL(url)
+    except (TypeError, ValueError) as exc:
+        raise FetchError(f"invalid URL: {exc}") from None
+    _check_target(parsed)
+    return parsed
+
+
+def _check_target(url: URL) -> None:
+    if not url.scheme:
+        raise FetchError(f"invalid URL: {str(url)!r} is not absolute")
+    if url.scheme not in ALLOWED_SCHEMES:
+        raise FetchError(f"only http and https URLs can be fetched, not {url.scheme!r}")
+    if not url.raw_host:
+        raise FetchError(f"invalid URL: no host in {str(url)!r}")
+
+
+def _redirect_target(current: URL, location: str) -> URL:
+    try:
+        target = current.join(URL(location)).with_fragment(None)
+    except (TypeError, ValueError) as exc:
+        raise FetchError(f"invalid redirect target {location!r}: {exc}") from None
+    _check_target(target)
+    return target
+
+
+def _check_status(resp: aiohttp.ClientResponse) -> None:
+    status = resp.status
+    if 200 <= status < 300:
+        return
+    reason = f"HTTP {status} from origin"
+    if status == 429 or status >= 500:
+        raise FetchRetryable(reason, parse_retry_after(resp.headers.get("Retry-After")))
+    raise FetchError(reason)
+
+
+def _translate(exc: aiohttp.ClientError) -> FetchError:
+    """The FetchError a failed aiohttp request stands for."""
+    refusal = _find_refusal(exc)
+    if refusal is not None:
+        return refusal
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return FetchRetryable("connection timed out")
+    if isinstance(exc, aiohttp.SocketTimeoutError):
+        return FetchRetryable("timed out waiting for data from origin")
+    if isinstance(exc, aiohttp.InvalidURL):
+        return FetchError(f"invalid URL: {exc}")
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return FetchRetryable(f"connection failed: cannot resolve {exc.host}")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return FetchRetryable(f"connection failed: {_describe(exc.os_error)}")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        # The response could not be parsed: a broken or hostile origin.
+        return FetchError(f"invalid response from origin: {exc.message}")
+    return FetchRetryable(f"connection failed: {exc}")
+
+
+def _describe(error: OSError) -> str:
+    """ "Connection refused" rather than "[Errno 111] Connect call failed ('1.2.3.4', 80)"."""
+    if error.errno:
+        return os.strerror(error.errno)
+    return error.strerror or str(error) or type(error).__name__
+
+
+def _find_refusal(exc: BaseException) -> AddressNotAllowed | None:
+    """The guard's refusal behind an aiohttp error, however aiohttp wrapped it."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, AddressNotAllowed):
+            # A fresh error: re-raising `current` "from" its own wrapper would chain in a loop.
+            return AddressNotAllowed(current.message)
+        if isinstance(current, AddressRefusedError):
+            return AddressNotAllowed(current.refusal.message)
+        if isinstance(current, aiohttp.ClientConnectorError):
+            current = current.os_error
+        else:
+            current = current.__cause__ or current.__context__
+    return None
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome is not None else None
+    wait = state.next_action.sleep if state.next_action is not None else 0.0
+    log.info("fetch attempt %d failed (%s), retrying in %.1f s", state.attempt_number, exc, wait)

@@ -1,0 +1,171 @@
+"""Batched result writes: one transaction per batch, nothing marked done that was not recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from csvcompress.jobs.recorder import ResultRecorder
+from csvcompress.models import ImageJob, ImageResult
+from csvcompress.store import sqlite as db
+from csvcompress.store.sqlite import Database
+
+REQUEST = "r" * 32
+
+
+@pytest.fixture
+async def database(tmp_path: Path) -> AsyncIterator[Database]:
+    database = Database(tmp_path / "db.sqlite3")
+    await database.open()
+    urls = [(n // 2, n % 2, f"https://example.com/{n}.jpg") for n in range(40)]
+    urls.append((20, 0, "https://example.com/0.jpg"))  # a repeat of the first URL
+    db.insert_request_sync(
+        database.path, request_id=REQUEST, input_path="in.csv", webhook_url=None, rows=21, urls=urls
+    )
+    yield database
+    await database.close()
+
+
+def ok(n: int) -> ImageResult:
+    return ImageResult(output_url=f"https://out/{n}.jpg", error=None, bytes_in=100, bytes_out=10)
+
+
+async def jobs(database: Database) -> list[ImageJob]:
+    return await database.pending_jobs(REQUEST, 0, 100)
+
+
+def count_batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    sizes: list[int] = []
+    real = db.record_images_sync
+
+    def spy(conn: sqlite3.Connection, results: Sequence[Any]) -> list[int]:
+        sizes.append(len(results))
+        return real(conn, results)
+
+    monkeypatch.setattr(db, "record_images_sync", spy)
+    return sizes
+
+
+async def test_results_arriving_together_are_written_in_one_transaction(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes = count_batches(monkeypatch)
+    recorder = ResultRecorder(database)
+    await recorder.start()
+    todo = await jobs(database)
+    changed = await asyncio.gather(*(recorder.record(job, ok(job.id)) for job in todo))
+    await recorder.close()
+
+    assert len(todo) == 40
+    assert sizes == [40]
+    # The first image counts for its repeat too.
+    assert sorted(changed) == [1] * 39 + [2]
+    counts = await database.get_counts(REQUEST)
+    assert (counts.total, counts.succeeded, counts.failed, counts.pending) == (41, 41, 0, 0)
+    record = await database.get_request(REQUEST)
+    assert record is not None and (record.bytes_in, record.bytes_out) == (4000, 400)
+
+
+async def test_close_writes_what_was_handed_over(database: Database) -> None:
+    recorder = ResultRecorder(database)
+    await recorder.start()
+    todo = await jobs(database)
+    waiting = [asyncio.create_task(recorder.record(job, ok(job.id))) for job in todo[:5]]
+    await asyncio.sleep(0)
+    await recorder.close()
+
+    assert [await task for task in waiting] == [2, 1, 1, 1, 1]
+    assert (await database.get_counts(REQUEST)).succeeded == 6
+    with pytest.raises(RuntimeError, match="not running"):
+        await recorder.record(todo[5], ok(5))
+
+
+async def test_a_failed_write_fails_the_waiting_workers_and_leaves_images_pending(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(conn: sqlite3.Connection, results: Sequence[Any]) -> list[int]:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(db, "record_images_sync", broken)
+    recorder = ResultRecorder(database)
+    await recorder.start()
+    job = (await jobs(database))[1]
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+        await recorder.record(job, ok(job.id))
+    monkeypatch.undo()
+    # The writer carries on with the next batch.
+    assert await recorder.record(job, ok(job.id)) == 1
+    await recorder.close()
+    assert (await database.get_counts(REQUEST)).succeeded == 1
+
+
+async def test_a_result_is_recorded_once_even_if_handed_over_twice(database: Database) -> None:
+    recorder = ResultRecorder(database)
+    await recorder.start()
+    job = (await jobs(database))[3]
+    first, second = await asyncio.gather(
+        recorder.record(job, ok(job.id)),
+        recorder.record(job, ImageResult(output_url=None, error="late failure")),
+    )
+    await recorder.close()
+    assert (first, second) == (1, 0)
+    counts = await database.get_counts(REQUEST)
+    assert (counts.succeeded, counts.failed) == (1, 0)
+
+
+async def record_spaced(recorder: ResultRecorder, todo: list[ImageJob]) -> list[int]:
+    """Hand results over 10 ms apart, as workers finishing one after another do."""
+    tasks = []
+    for job in todo:
+        tasks.append(asyncio.create_task(recorder.record(job, ok(job.id))))
+        await asyncio.sleep(0.01)
+    return [await task for task in tasks]
+
+
+async def test_results_arriving_within_the_window_share_one_commit(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes = count_batches(monkeypatch)
+    recorder = ResultRecorder(database, window=2.0)
+    await recorder.start()
+
+    assert await record_spaced(recorder, (await jobs(database))[:6]) == [2, 1, 1, 1, 1, 1]
+    await recorder.close()
+
+    assert sizes == [6]
+    assert (await database.get_counts(REQUEST)).succeeded == 7
+
+
+async def test_without_a_window_results_spaced_apart_commit_separately(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes = count_batches(monkeypatch)
+    recorder = ResultRecorder(database, window=0)
+    await recorder.start()
+
+    assert await record_spaced(recorder, (await jobs(database))[:6]) == [2, 1, 1, 1, 1, 1]
+    await recorder.close()
+
+    # Each commit takes well under 10 ms, so most results go alone (a slow one may pair up).
+    assert sum(sizes) == 6 and len(sizes) >= 3
+
+
+async def test_close_does_not_wait_out_the_window(database: Database) -> None:
+    recorder = ResultRecorder(database, window=30.0)
+    await recorder.start()
+    job = (await jobs(database))[2]
+    waiting = asyncio.create_task(recorder.record(job, ok(job.id)))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # held for the window
+
+    started = asyncio.get_running_loop().time()
+    await recorder.close()
+
+    assert await waiting == 1
+    assert asyncio.get_running_loop().time() - started < 10.0  # not the 30 s window
+    assert (await database.get_counts(REQUEST)).succeeded == 1

@@ -1,0 +1,184 @@
+"""The pixel budget shared by the CPU threads, and the allocator settings beside it."""
+
+from __future__ import annotations
+
+import asyncio
+import platform
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from csvcompress.config import ImageSettings
+from csvcompress.pipeline import imaging, memory
+from csvcompress.pipeline.budget import ByteBudget, PixelBudget
+from tests import images
+
+WAIT = 5.0
+
+
+def test_an_image_that_does_not_fit_waits_for_pixels_to_be_released() -> None:
+    budget = PixelBudget(10)
+    first_in, release_first, second_in = threading.Event(), threading.Event(), threading.Event()
+
+    def first() -> None:
+        with budget.hold(8):
+            first_in.set()
+            release_first.wait(WAIT)
+
+    def second() -> None:
+        with budget.hold(5):
+            second_in.set()
+
+    with ThreadPoolExecutor(2) as pool:
+        pool.submit(first)
+        assert first_in.wait(WAIT)
+        pool.submit(second)
+        assert not second_in.wait(0.2)  # 8 + 5 > 10
+        release_first.set()
+        assert second_in.wait(WAIT)
+    assert budget.used == 0
+
+
+def test_images_that_fit_together_run_together() -> None:
+    budget = PixelBudget(10)
+    both_in = threading.Barrier(2, timeout=WAIT)
+
+    def hold(pixels: int) -> None:
+        with budget.hold(pixels):
+            both_in.wait()  # raises BrokenBarrierError if the other never gets in
+
+    with ThreadPoolExecutor(2) as pool:
+        for future in [pool.submit(hold, 5), pool.submit(hold, 5)]:
+            future.result()
+
+
+def test_an_image_bigger_than_the_budget_runs_alone_rather_than_never() -> None:
+    budget = PixelBudget(10)
+    with budget.hold(50):
+        assert budget.used == 50
+    assert budget.used == 0
+
+
+def test_no_limit_never_waits() -> None:
+    budget = PixelBudget(0)
+    with budget.hold(10**9), budget.hold(10**9):
+        assert budget.used == 2 * 10**9
+
+
+def test_recompress_holds_the_image_pixels_while_it_decodes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    held: list[int] = []
+    real_hold = imaging.PIXELS.hold
+
+    def spy(pixels: int):  # type: ignore[no-untyped-def]
+        held.append(pixels)
+        return real_hold(pixels)
+
+    monkeypatch.setattr(imaging.PIXELS, "hold", spy)
+    imaging.recompress(images.photo_jpeg(400, 300), ImageSettings())
+    assert held == [400 * 300]
+    assert imaging.PIXELS.used == 0
+
+
+def test_configure_sets_the_budget() -> None:
+    before = imaging.PIXELS.limit
+    try:
+        imaging.configure(pixel_budget=1234)
+        assert imaging.PIXELS.limit == 1234
+    finally:
+        imaging.configure(pixel_budget=before)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc allocator settings")
+def test_big_buffers_are_returned_on_glibc() -> None:
+    assert memory.return_big_buffers() is True
+    memory.trim_around(memory.TRIM_AFTER_PIXELS)  # callable, harmless
+
+
+# --- ByteBudget: downloads held for compression ---------------------------------------
+
+
+async def _admitted(budget: ByteBudget, started: list[int], n: int, size: int) -> None:
+    async with budget.admit() as ticket:
+        started.append(n)
+        ticket.downloaded(size)
+        await asyncio.sleep(3600)  # held until cancelled
+
+
+async def _gated(
+    budget: ByteBudget, started: list[int], n: int, go: asyncio.Event, size: int
+) -> None:
+    async with budget.admit() as ticket:
+        started.append(n)
+        await go.wait()  # in flight until the test says go
+        ticket.downloaded(size)
+
+
+async def test_downloads_wait_while_the_budget_is_held_and_start_one_by_one() -> None:
+    budget = ByteBudget(10)
+    started: list[int] = []
+    first = asyncio.create_task(_admitted(budget, started, 0, 8))
+    second = asyncio.create_task(_admitted(budget, started, 1, 8))  # 8 < 10: let in
+    await asyncio.sleep(0.01)
+    waiting = [asyncio.create_task(_admitted(budget, started, n, 8)) for n in (2, 3, 4)]
+    await asyncio.sleep(0.01)
+    assert started == [0, 1] and budget.held == 16
+
+    first.cancel()
+    await asyncio.sleep(0.01)
+    assert started == [0, 1, 2] and budget.held == 16  # 8 held: room for one more
+    second.cancel()
+    await asyncio.sleep(0.01)
+    assert started == [0, 1, 2, 3]
+    for task in waiting:
+        task.cancel()
+    await asyncio.gather(first, second, *waiting, return_exceptions=True)
+    assert (budget.held, budget.downloading) == (0, 0)
+
+
+async def test_downloads_in_flight_count_at_the_average_size() -> None:
+    budget = ByteBudget(10)
+    async with budget.admit() as ticket:
+        ticket.downloaded(8)  # the average is now 8
+    go = asyncio.Event()
+    started: list[int] = []
+    tasks = [asyncio.create_task(_gated(budget, started, n, go, 8)) for n in range(4)]
+    await asyncio.sleep(0.01)
+    # Nothing is held yet, but two downloads in flight (2 x 8) fill the budget of 10.
+    assert started == [0, 1]
+    go.set()
+    await asyncio.gather(*tasks)
+    assert started == [0, 1, 2, 3]
+    assert (budget.held, budget.downloading) == (0, 0)
+
+
+async def test_before_any_download_finished_four_start_at_once() -> None:
+    budget = ByteBudget(100)
+    go = asyncio.Event()
+    started: list[int] = []
+    tasks = [asyncio.create_task(_gated(budget, started, n, go, 1)) for n in range(10)]
+    await asyncio.sleep(0.01)
+    assert started == [0, 1, 2, 3]  # each counted at a quarter of the budget
+    go.set()
+    await asyncio.gather(*tasks)
+    assert len(started) == 10
+
+
+async def test_a_failed_download_gives_its_place_back() -> None:
+    budget = ByteBudget(10)
+    with pytest.raises(OSError):
+        async with budget.admit():
+            assert budget.downloading == 1
+            raise OSError("connection reset")
+    assert (budget.held, budget.downloading) == (0, 0)
+
+
+async def test_no_limit_never_waits_for_bytes() -> None:
+    budget = ByteBudget(0)
+    async with budget.admit() as a, budget.admit() as b:
+        a.downloaded(10**9)
+        b.downloaded(10**9)
+        async with budget.admit():
+            assert budget.held == 2 * 10**9
