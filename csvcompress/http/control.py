@@ -20,7 +20,7 @@ from aiohttp import web
 from csvcompress.documents import status_document, status_url
 from csvcompress.errors import Conflict, NotFound, ServiceUnavailable
 from csvcompress.http.keys import SERVICE, Service
-from csvcompress.models import RequestRecord, RequestStatus
+from csvcompress.models import RequestRecord
 
 
 async def _find(service: Service, request_id: str) -> RequestRecord:
@@ -76,15 +76,7 @@ async def retry_request(request: web.Request) -> web.Response:
             f"request {request_id} is {record.status.value}; only a finished request can be retried"
         )
     _check_idle(service, request_id)
-    counts = await service.db.get_counts(request_id)
-    # A failed request (its output CSV could not be written) is retried even with no
-    # failed image: finishing it again writes the CSV.
-    if record.status is not RequestStatus.FAILED and counts.failed + counts.skipped == 0:
-        raise Conflict(f"request {request_id} has no failed images to retry")
-    requeued = await service.db.requeue(request_id)
-    if requeued is None:
-        raise Conflict(f"request {request_id} changed meanwhile; look at its status and try again")
-    await service.queue.submit(request_id)
+    requeued = await service.queue.retry(request_id)
     url = status_url(service.settings.server.base_url, request_id)
     return web.json_response(
         {"request_id": request_id, "status": "pending", "status_url": url, "images": requeued},

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from csvcompress.config import Settings
-from csvcompress.errors import CsvCompressError
+from csvcompress.errors import Conflict, CsvCompressError
 from csvcompress.jobs.output import write_output_csv
 from csvcompress.jobs.processor import Processor
 from csvcompress.jobs.recorder import ResultRecorder
@@ -212,6 +212,29 @@ class JobQueue:
             # Not in the scheduler (it drained already, or was never queued): finish it here.
             self._drained(request_id)
         return True
+
+    async def retry(self, request_id: str) -> int:
+        """Put a finished request's failed and skipped images back in the queue; how many.
+
+        Raises Conflict when there is nothing to retry or the request changed meanwhile.
+        """
+        record = await self._db.get_request(request_id)
+        counts = await self._db.get_counts(request_id)
+        # A failed request (its output CSV could not be written) is retried even with no
+        # failed image: finishing it again writes the CSV.
+        if (
+            record is not None
+            and record.status is not RequestStatus.FAILED
+            and counts.failed + counts.skipped == 0
+        ):
+            raise Conflict(f"request {request_id} has no failed images to retry")
+        requeued = await self._db.requeue(request_id)
+        if requeued is None:
+            raise Conflict(
+                f"request {request_id} changed meanwhile; look at its status and try again"
+            )
+        await self.submit(request_id)
+        return requeued
 
     async def drain(self, grace: float) -> None:
         """Take no new images, and give those in flight up to `grace` seconds to finish.
