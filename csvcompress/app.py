@@ -11,7 +11,9 @@ from aiohttp import web
 from csvcompress.config import Settings
 from csvcompress.http.keys import SERVICE, SETTINGS, Service
 from csvcompress.http.web import setup_routes
-from csvcompress.jobs.dispatcher import JobQueue
+from csvcompress.jobs.dispatcher import InProcessDispatcher
+from csvcompress.jobs.lifecycle import Lifecycle
+from csvcompress.jobs.output import Finisher
 from csvcompress.jobs.processor import Processor
 from csvcompress.metrics import Metrics
 from csvcompress.pipeline import cpupool, imaging
@@ -19,7 +21,7 @@ from csvcompress.pipeline.fetcher import Fetcher
 from csvcompress.pipeline.netguard import NetGuard, create_session
 from csvcompress.retention import Retention
 from csvcompress.storage import create_storage
-from csvcompress.store.sqlite import Database
+from csvcompress.store import create_store
 from csvcompress.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     # Whatever opened is closed again, in reverse order, even when a later step fails
     # the start: an open aiosqlite thread would otherwise keep the process from exiting.
     async with AsyncExitStack() as stack:
-        database = Database(settings.database.path)
+        database = create_store(settings)
         await database.open()
         stack.push_async_callback(database.close)
         await storage.start()
@@ -46,9 +48,11 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         metrics = Metrics()
         webhooks = WebhookSender(settings, database, guard, metrics)
         processor = Processor(settings, Fetcher(settings.fetch, session), storage, pool, metrics)
-        queue = JobQueue(
-            settings, database, processor, on_finished=webhooks.request_finished, metrics=metrics
+        lifecycle = Lifecycle(database)
+        finisher = Finisher(
+            database, lifecycle, settings.outputs_dir, on_finished=webhooks.request_finished
         )
+        queue = InProcessDispatcher(settings, database, processor, finisher, lifecycle, metrics)
         retention = Retention(settings, database, storage, queue)
         app[SERVICE] = Service(
             settings, database, storage, guard, session, pool, queue, webhooks, metrics, retention

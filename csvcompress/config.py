@@ -333,6 +333,11 @@ class Settings:
         """Directory holding the database, uploads and generated secrets."""
         return Path(self.database.path).parent
 
+    @property
+    def outputs_dir(self) -> Path:
+        """Directory holding the output CSVs."""
+        return self.data_dir / "outputs"
+
 
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:

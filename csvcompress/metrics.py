@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from csvcompress.models import ImageResult, ImageStatus
-from csvcompress.store.sqlite import Database
+from csvcompress.store.base import Store
 
 STAGES = ("download", "compress", "store")
 # Seconds; a download can take up to fetch.timeout, a compression a few seconds for 24 MP.
@@ -116,8 +116,8 @@ class Metrics:
         """Called by the webhook sender once per delivery attempt."""
         self.webhook_deliveries.labels(outcome).inc()
 
-    async def render(self, database: Database) -> bytes:
-        """The Prometheus text exposition, with the figures read from SQLite refreshed first."""
+    async def render(self, database: Store) -> bytes:
+        """The Prometheus text exposition, with the figures read from the store refreshed first."""
         for status, count in (await database.requests_by_status()).items():
             self.requests.labels(status.value).set(count)
         self.queued_images.set(await database.queued_images())

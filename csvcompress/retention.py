@@ -15,10 +15,10 @@ from pathlib import Path
 
 from csvcompress.config import Settings
 from csvcompress.errors import StorageError
-from csvcompress.jobs.dispatcher import JobQueue
+from csvcompress.jobs.dispatcher import Dispatcher
 from csvcompress.logs import request_context
 from csvcompress.storage import Storage
-from csvcompress.store.sqlite import Database
+from csvcompress.store.base import Store
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ SWEEP_BATCH = 100
 
 
 def iso_cutoff(now: datetime, days: int) -> str:
-    """The updated_at (as db.now_iso writes it) before which a request is `days` old."""
+    """The updated_at (as clock.now_iso writes it) before which a request is `days` old."""
     cutoff = now.astimezone(UTC) - timedelta(days=days)
     return cutoff.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -36,9 +36,10 @@ class Retention:
     """Removes requests, and sweeps old finished ones every `[retention] interval` seconds."""
 
     def __init__(
-        self, settings: Settings, database: Database, storage: Storage, queue: JobQueue
+        self, settings: Settings, database: Store, storage: Storage, queue: Dispatcher
     ) -> None:
         self._settings = settings.retention
+        self._outputs_dir = settings.outputs_dir
         self._db = database
         self._storage = storage
         self._queue = queue
@@ -115,7 +116,7 @@ class Retention:
             log.warning("could not remove the images of request %s: %s", request_id, exc.message)
             return False
         files = [Path(p) for p in await self._db.request_files(request_id)]
-        files.append(self._queue.outputs_dir / f"{request_id}.csv")
+        files.append(self._outputs_dir / f"{request_id}.csv")
         await asyncio.to_thread(_unlink_all, files)
         await self._db.delete_request(request_id)
         log.info("request %s removed with its files", request_id)

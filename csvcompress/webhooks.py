@@ -43,7 +43,7 @@ from csvcompress.metrics import Metrics
 from csvcompress.models import DeliveryRecord, DeliveryState, RequestStatus
 from csvcompress.pipeline.fetcher import _find_refusal, parse_retry_after
 from csvcompress.pipeline.netguard import NetGuard, create_session
-from csvcompress.store.sqlite import Database
+from csvcompress.store.base import Store
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ class WebhookSender:
     def __init__(
         self,
         settings: Settings,
-        database: Database,
+        database: Store,
         guard: NetGuard,
         metrics: Metrics | None = None,
     ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -10,17 +11,24 @@ import pytest
 from csvcompress.config import Settings, replace_settings
 from csvcompress.errors import CsvInvalid
 from csvcompress.http import uploads
-from csvcompress.store import sqlite as db
+from csvcompress.store import sqlite
+from csvcompress.store.sqlite import SqliteStore
 from tests.conftest import csv_bytes
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     settings = replace_settings(Settings(), database={"path": str(tmp_path / "db.sqlite3")})
-    with sqlite3.connect(settings.database.path) as conn:
-        db.migrate_sync(conn)
+    with closing(sqlite.connect_blocking(settings.database.path)) as conn:
+        sqlite.migrate_blocking(conn)
     (tmp_path / "uploads").mkdir()
     return settings
+
+
+@pytest.fixture
+def store(settings: Settings) -> SqliteStore:
+    # Unopened: ingesting only needs the writer, which opens a connection of its own.
+    return SqliteStore(settings.database.path)
 
 
 def saved(settings: Settings, data: bytes) -> Path:
@@ -34,7 +42,9 @@ def table(settings: Settings, sql: str) -> list[tuple[object, ...]]:
         return conn.execute(sql).fetchall()
 
 
-def test_an_accepted_file_is_stored_with_its_images_in_input_order(settings: Settings) -> None:
+def test_an_accepted_file_is_stored_with_its_images_in_input_order(
+    settings: Settings, store: SqliteStore
+) -> None:
     data = csv_bytes(
         [
             ["1", "A", "https://a.example/1.jpg, https://a.example/2.jpg"],
@@ -42,7 +52,7 @@ def test_an_accepted_file_is_stored_with_its_images_in_input_order(settings: Set
             ["3", "C", "https://a.example/1.jpg"],
         ]
     )
-    accepted = uploads.ingest(saved(settings, data), settings, "https://hooks.example/x")
+    accepted = uploads.ingest(saved(settings, data), settings, store, "https://hooks.example/x")
 
     assert (accepted.rows, accepted.images) == (3, 4)
     images = table(settings, "SELECT id, row, position, url, source_id FROM images ORDER BY id")
@@ -53,19 +63,21 @@ def test_an_accepted_file_is_stored_with_its_images_in_input_order(settings: Set
         (4, 2, 0, "https://a.example/1.jpg", 1),  # a repeat points at the first occurrence
     ]
     request = table(
-        settings, "SELECT requestId, status, rows, images_total, input_path FROM requests"
+        settings, "SELECT request_id, status, rows, images_total, input_path FROM requests"
     )
     input_path = settings.data_dir / "uploads" / f"{accepted.request_id}.csv"
     assert request == [(accepted.request_id, "pending", 3, 4, str(input_path))]
     assert input_path.read_bytes() == data
 
 
-def test_a_problem_after_many_good_rows_leaves_nothing_behind(settings: Settings) -> None:
+def test_a_problem_after_many_good_rows_leaves_nothing_behind(
+    settings: Settings, store: SqliteStore
+) -> None:
     good = [[str(n), "P", f"https://a.example/{n}.jpg"] for n in range(12_000)]
     part = saved(settings, csv_bytes([*good, ["12001", "Bad", "ftp://a.example/x.jpg"]]))
 
     with pytest.raises(CsvInvalid) as info:
-        uploads.ingest(part, settings, None)
+        uploads.ingest(part, settings, store, None)
 
     assert [p.line for p in info.value.problems] == [12_002]
     assert table(settings, "SELECT count(*) FROM images") == [(0,)]
@@ -73,13 +85,15 @@ def test_a_problem_after_many_good_rows_leaves_nothing_behind(settings: Settings
     assert list((settings.data_dir / "uploads").iterdir()) == []
 
 
-def test_repeats_link_to_their_first_occurrence_only_within_a_request(settings: Settings) -> None:
+def test_repeats_link_to_their_first_occurrence_only_within_a_request(
+    settings: Settings, store: SqliteStore
+) -> None:
     urls = ["a", "b", "a", "c", "b", "a"]
     other = uploads.ingest(
-        saved(settings, csv_bytes([["1", "X", "https://x.example/a"]])), settings, None
+        saved(settings, csv_bytes([["1", "X", "https://x.example/a"]])), settings, store, None
     )
     rows = [[str(n), "P", f"https://x.example/{u}"] for n, u in enumerate(urls)]
-    accepted = uploads.ingest(saved(settings, csv_bytes(rows)), settings, None)
+    accepted = uploads.ingest(saved(settings, csv_bytes(rows)), settings, store, None)
 
     linked = table(
         settings,

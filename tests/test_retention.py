@@ -27,7 +27,7 @@ def _age(db_path: str, request_id: str, days: int) -> None:
     stamp = iso_cutoff(datetime.now(UTC), days)
     with sqlite3.connect(db_path, timeout=30) as conn:
         conn.execute(
-            "UPDATE requests SET created_at = ?, updated_at = ? WHERE requestId = ?",
+            "UPDATE requests SET created_at = ?, updated_at = ? WHERE request_id = ?",
             (stamp, stamp, request_id),
         )
 
@@ -63,7 +63,7 @@ async def test_old_finished_requests_are_removed_with_their_files_and_rows(
     _age(db_path, recent, days=29)
 
     deadline = time.monotonic() + 15
-    while _count(db_path, "requests", "requestId", old):
+    while _count(db_path, "requests", "request_id", old):
         assert time.monotonic() < deadline, "the old request was not removed"
         await asyncio.sleep(0.05)
 
@@ -107,8 +107,8 @@ async def test_unfinished_requests_are_never_removed(
     finally:
         gate.set()
 
-    assert _count(db_path, "requests", "requestId", done) == 0
-    assert _count(db_path, "requests", "requestId", running) == 1
+    assert _count(db_path, "requests", "request_id", done) == 0
+    assert _count(db_path, "requests", "request_id", running) == 1
 
 
 async def test_days_zero_keeps_everything(create_service: ServiceFactory, origin: Origin) -> None:
@@ -119,5 +119,5 @@ async def test_days_zero_keeps_everything(create_service: ServiceFactory, origin
 
     retention = service.runner.app[SERVICE].retention
     assert await retention.sweep(datetime.now(UTC) + timedelta(days=3650)) == 0
-    assert _count(db_path, "requests", "requestId", request_id) == 1
+    assert _count(db_path, "requests", "request_id", request_id) == 1
     assert all(path.exists() for path in _files(service, request_id))

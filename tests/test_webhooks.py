@@ -25,8 +25,8 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from csvcompress.config import settings_from_dict
 from csvcompress.errors import ConfigError
 from csvcompress.http.keys import SERVICE
-from csvcompress.models import DeliveryState, RequestStatus
-from csvcompress.store import sqlite as db
+from csvcompress.jobs.lifecycle import Lifecycle
+from csvcompress.models import DeliveryState
 from csvcompress.webhooks import (
     MAX_CONCURRENT_DELIVERIES,
     MAX_RETRY_AFTER,
@@ -318,16 +318,14 @@ async def finish_directly(service: Service, request_id: str, webhook_url: str) -
     """Store a finished request and hand it to the webhook sender, as the workers do,
     without processing images or going through the upload checks."""
     running = service.runner.app[SERVICE]
-    await asyncio.to_thread(
-        db.insert_request_sync,
-        running.db.path,
-        request_id=request_id,
-        input_path="unused.csv",
-        webhook_url=webhook_url,
-        rows=1,
-        urls=[(0, 0, "http://127.0.0.1:9/a.jpg")],
-    )
-    await running.db.finish_request(request_id, RequestStatus.COMPLETE)
+
+    def insert() -> None:
+        with running.db.request_writer(request_id) as writer:
+            writer.add(0, ["http://127.0.0.1:9/a.jpg"])
+            writer.finish(input_path="unused.csv", webhook_url=webhook_url, rows=1)
+
+    await asyncio.to_thread(insert)
+    assert await Lifecycle(running.db).finish(request_id, "unused-output.csv")
     await running.webhooks.request_finished(request_id)
 
 

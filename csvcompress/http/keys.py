@@ -13,12 +13,12 @@ import aiohttp
 from aiohttp import web
 
 from csvcompress.config import Settings
-from csvcompress.jobs.dispatcher import JobQueue
+from csvcompress.jobs.dispatcher import Dispatcher
 from csvcompress.metrics import Metrics
 from csvcompress.pipeline.netguard import NetGuard
 from csvcompress.retention import Retention
 from csvcompress.storage import Storage
-from csvcompress.store.sqlite import Database
+from csvcompress.store.base import Store
 from csvcompress.webhooks import WebhookSender
 
 
@@ -27,12 +27,12 @@ class Service:
     """Everything a handler may need, created on start-up and closed on clean-up."""
 
     settings: Settings
-    db: Database
+    db: Store
     storage: Storage
     guard: NetGuard
     session: aiohttp.ClientSession
     pool: ThreadPoolExecutor
-    queue: JobQueue
+    queue: Dispatcher
     webhooks: WebhookSender
     metrics: Metrics
     retention: Retention

@@ -2,7 +2,7 @@
 
 `/healthz` answers 200 only when the service could do its job now and after a
 restart: the database files are writable and a real write commits (see
-`db.check_writable_sync`), and storage takes a write (`Storage.check`).
+`Store.check`), and storage takes a write (`Storage.check`).
 Otherwise 503, naming the part that failed. While the service shuts down it answers 503
 "stopping", so a load balancer sends new work elsewhere.
 """
@@ -10,7 +10,6 @@ Otherwise 503, naming the part that failed. While the service shuts down it answ
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -19,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from csvcompress.errors import StorageError
 from csvcompress.http.keys import SERVICE, Service
 from csvcompress.logs import request_context
-from csvcompress.store import sqlite as db
+from csvcompress.store import StoreUnavailable
 
 # Seconds the health check waits for SQLite's write lock; the service's own writes take
 # milliseconds, a lock held longer than this means the database is stuck.
@@ -34,14 +33,9 @@ OK = "ok"
 
 async def check_database(service: Service) -> str:
     try:
-        await asyncio.wait_for(
-            asyncio.to_thread(db.check_writable_sync, service.db.path, DATABASE_CHECK_TIMEOUT),
-            DATABASE_CHECK_TIMEOUT + 1,
-        )
-    except (sqlite3.Error, db.NotWritable) as exc:
-        return f"not writable: {exc}"
-    except TimeoutError:
-        return f"no answer within {DATABASE_CHECK_TIMEOUT + 1:g} s"
+        await service.db.check(DATABASE_CHECK_TIMEOUT)
+    except StoreUnavailable as exc:
+        return str(exc)
     return OK
 
 

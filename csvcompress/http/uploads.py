@@ -33,7 +33,7 @@ from csvcompress import csv_input
 from csvcompress.config import LimitSettings, Settings
 from csvcompress.errors import AddressNotAllowed, BadRequest, PayloadTooLarge
 from csvcompress.pipeline.netguard import NetGuard, check_destination
-from csvcompress.store import sqlite as db
+from csvcompress.store.base import Store
 
 FILE_FIELD = "file"
 WEBHOOK_FIELD = "webhook_url"
@@ -189,7 +189,7 @@ def _too_large(limits: LimitSettings) -> PayloadTooLarge:
     return PayloadTooLarge(f"the file is larger than the limit of {limits.max_upload_bytes} bytes")
 
 
-def ingest(part_path: Path, settings: Settings, webhook_url: str | None) -> Accepted:
+def ingest(part_path: Path, settings: Settings, store: Store, webhook_url: str | None) -> Accepted:
     """Validate the saved CSV and store the request (runs in a thread).
 
     One pass over the file: each row is stored as soon as it is checked, in one
@@ -199,12 +199,12 @@ def ingest(part_path: Path, settings: Settings, webhook_url: str | None) -> Acce
     request_id = new_request_id()
     final = part_path.with_name(f"{request_id}.csv")
     try:
-        with db.RequestInserter(settings.database.path, request_id) as inserter:
+        with store.request_writer(request_id) as inserter:
 
-            def store(index: int, url_cell: str) -> None:
+            def add_row(index: int, url_cell: str) -> None:
                 inserter.add(index, csv_input.split_urls(url_cell))
 
-            summary = csv_input.validate(part_path, settings.limits, on_row=store)
+            summary = csv_input.validate(part_path, settings.limits, on_row=add_row)
             os.replace(part_path, final)
             images = inserter.finish(
                 input_path=str(final), webhook_url=webhook_url, rows=summary.rows

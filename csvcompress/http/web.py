@@ -49,7 +49,7 @@ async def upload(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     settings = service.settings
     part_path, webhook_url = await uploads.receive(request, settings)
-    accepted = await asyncio.to_thread(uploads.ingest, part_path, settings, webhook_url)
+    accepted = await asyncio.to_thread(uploads.ingest, part_path, settings, service.db, webhook_url)
     await service.queue.submit(accepted.request_id)
     url = status_url(settings.server.base_url, accepted.request_id)
     return web.json_response(

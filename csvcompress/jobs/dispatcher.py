@@ -1,41 +1,74 @@
-"""The queue and the workers: the only place a request's status changes.
+"""Dispatching images to workers: the seam a queue engine can replace.
 
-Work is handed out round-robin across the requests that have pending images,
-so a one-image request submitted behind a 10,000-image one waits for one free
-worker, not for the big one. Pending images live in SQLite and are read in
-small batches per request, so memory does not grow with a request's size and a
-restart simply picks up whatever is still pending.
+`Dispatcher` is what the rest of the service asks of the queue: submit a
+request's images, cancel, retry, resume after a restart, shut down. The web layer
+and the processor know nothing else, so a PostgreSQL-backed queue can replace
+`InProcessDispatcher` without touching them.
 
-Each worker takes one image through fetch -> recompress (in the CPU pool) ->
-store -> record; backends that write locally store from the CPU thread too.
-There are more workers than CPU threads so downloads run ahead of compression
-and the pool is never idle waiting for the network.
+`InProcessDispatcher` is the single-process default. Work is handed out
+round-robin across the requests that have pending images, so a one-image request
+submitted behind a 10,000-image one waits for one free worker, not for the big
+one. Pending images live in the store and are read in small batches per request,
+so memory does not grow with a request's size and a restart simply picks up
+whatever is still pending.
+
+Each worker takes one image through the Processor (fetch -> recompress -> store)
+and hands the result to the recorder. There are more workers than CPU threads so
+downloads run ahead of compression and the pool is never idle waiting for the
+network.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from csvcompress.config import Settings
-from csvcompress.errors import Conflict, CsvCompressError
-from csvcompress.jobs.output import write_output_csv
+from csvcompress.errors import Conflict
+from csvcompress.jobs.lifecycle import Lifecycle, retry_refusal
+from csvcompress.jobs.output import Finisher
 from csvcompress.jobs.processor import Processor
 from csvcompress.jobs.recorder import ResultRecorder
 from csvcompress.logs import REQUEST_ID
 from csvcompress.metrics import Metrics
-from csvcompress.models import ImageJob, RequestStatus
-from csvcompress.store.sqlite import Database
+from csvcompress.models import ImageJob
+from csvcompress.store.base import Store
 
 log = logging.getLogger(__name__)
 
-# How many pending images are read from the database per request at a time.
+# How many pending images are read from the store per request at a time.
 BATCH_SIZE = 64
-FinishedCallback = Callable[[str], Awaitable[None]]
+
+
+class Dispatcher(Protocol):
+    """What the service asks of its queue, whatever engine runs it."""
+
+    # Set once shutdown begins: no new work is taken in.
+    stopping: bool
+
+    async def start(self) -> None:
+        """Start the workers and resume every unfinished request."""
+
+    async def submit(self, request_id: str) -> None:
+        """Queue the pending images of a stored request."""
+
+    async def cancel(self, request_id: str) -> bool:
+        """Cancel an unfinished request; False if it is unknown or already finished."""
+
+    async def retry(self, request_id: str) -> int:
+        """Re-queue a finished request's failed and skipped images; how many (Conflict if none)."""
+
+    def is_busy(self, request_id: str) -> bool:
+        """Whether images of the request are in flight or its output CSV is being written."""
+
+    async def drain(self, grace: float) -> None:
+        """Take no new images; give those in flight up to `grace` seconds to finish."""
+
+    async def stop(self) -> None: ...
 
 
 @dataclass
@@ -54,8 +87,11 @@ class _Active:
 class Scheduler:
     """Hands out jobs fairly across requests and notices when a request is done."""
 
-    def __init__(self, database: Database, on_drained: Callable[[str], None]) -> None:
-        self._db = database
+    def __init__(
+        self, store: Store, lifecycle: Lifecycle, on_drained: Callable[[str], None]
+    ) -> None:
+        self._store = store
+        self._lifecycle = lifecycle
         self._on_drained = on_drained
         self._active: OrderedDict[str, _Active] = OrderedDict()
         self._wakeup = asyncio.Condition()
@@ -117,7 +153,7 @@ class Scheduler:
                 entry.in_flight += 1
                 if not entry.started:
                     entry.started = True
-                    await self._db.mark_processing(request_id)
+                    await self._lifecycle.start(request_id)
                 return entry.buffer.popleft()
             self._maybe_drained(entry)
         return None
@@ -125,7 +161,7 @@ class Scheduler:
     async def _refill(self, entry: _Active) -> None:
         entry.loading = True
         try:
-            jobs = await self._db.pending_jobs(entry.request_id, entry.after_id, BATCH_SIZE)
+            jobs = await self._store.pending_images(entry.request_id, entry.after_id, BATCH_SIZE)
         finally:
             entry.loading = False
         entry.buffer.extend(jobs)
@@ -149,30 +185,30 @@ class Scheduler:
             self._on_drained(entry.request_id)
 
 
-class JobQueue:
-    """Owns the scheduler, the workers and the finishing of requests."""
+class InProcessDispatcher:
+    """The scheduler, the workers and the finishing of requests, in this process."""
 
     def __init__(
         self,
         settings: Settings,
-        database: Database,
+        store: Store,
         processor: Processor,
-        on_finished: FinishedCallback | None = None,
+        finisher: Finisher,
+        lifecycle: Lifecycle,
         metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
-        self._db = database
+        self._store = store
         self._processor = processor
-        self._on_finished = on_finished
+        self._finisher = finisher
+        self._lifecycle = lifecycle
         self._metrics = metrics or Metrics()
-        self._scheduler = Scheduler(database, self._drained)
-        self._recorder = ResultRecorder(database)
+        self._scheduler = Scheduler(store, lifecycle, self._drained)
+        self._recorder = ResultRecorder(lifecycle)
         self._workers: list[asyncio.Task[None]] = []
         self._finishing: set[asyncio.Task[None]] = set()
         # Requests whose output CSV is being written: they cannot be deleted or retried yet.
         self._finishing_ids: set[str] = set()
-        self.outputs_dir = settings.data_dir / "outputs"
-        # Set once shutdown begins: no new work is taken in.
         self.stopping = False
 
     @property
@@ -180,11 +216,11 @@ class JobQueue:
         return self._settings.fetch.concurrency + self._settings.workers.thread_count
 
     async def start(self) -> None:
-        self.outputs_dir.mkdir(parents=True, exist_ok=True)
+        self._finisher.outputs_dir.mkdir(parents=True, exist_ok=True)
         await self._recorder.start()
         for n in range(self.worker_count):
             self._workers.append(asyncio.create_task(self._work(), name=f"worker-{n}"))
-        resumed = await self._db.unfinished_request_ids()
+        resumed = await self._store.unfinished_request_ids()
         for request_id in resumed:
             await self._scheduler.add(request_id)
         if resumed:
@@ -194,7 +230,6 @@ class JobQueue:
         await self._scheduler.add(request_id)
 
     def is_busy(self, request_id: str) -> bool:
-        """Whether images of the request are in flight or its output CSV is being written."""
         return request_id in self._scheduler or request_id in self._finishing_ids
 
     async def cancel(self, request_id: str) -> bool:
@@ -204,7 +239,7 @@ class JobQueue:
         end but their results are dropped; then the output CSV is written (with the
         skipped images' reason in the Errors column) and the webhook is sent.
         """
-        if not await self._db.cancel_request(request_id):
+        if not await self._lifecycle.cancel(request_id):
             return False
         log.info("request %s cancelled", request_id, extra={"request_id": request_id})
         active = await self._scheduler.cancel(request_id)
@@ -214,21 +249,10 @@ class JobQueue:
         return True
 
     async def retry(self, request_id: str) -> int:
-        """Put a finished request's failed and skipped images back in the queue; how many.
-
-        Raises Conflict when there is nothing to retry or the request changed meanwhile.
-        """
-        record = await self._db.get_request(request_id)
-        counts = await self._db.get_counts(request_id)
-        # A failed request (its output CSV could not be written) is retried even with no
-        # failed image: finishing it again writes the CSV.
-        if (
-            record is not None
-            and record.status is not RequestStatus.FAILED
-            and counts.failed + counts.skipped == 0
-        ):
-            raise Conflict(f"request {request_id} has no failed images to retry")
-        requeued = await self._db.requeue(request_id)
+        found = await self._store.get_request_with_counts(request_id)
+        if found is not None and (refusal := retry_refusal(*found)) is not None:
+            raise Conflict(refusal)
+        requeued = await self._lifecycle.retry(request_id)
         if requeued is None:
             raise Conflict(
                 f"request {request_id} changed meanwhile; look at its status and try again"
@@ -239,7 +263,7 @@ class JobQueue:
     async def drain(self, grace: float) -> None:
         """Take no new images, and give those in flight up to `grace` seconds to finish.
 
-        Whatever is not finished by then stays pending in SQLite for the next start.
+        Whatever is not finished by then stays pending in the store for the next start.
         """
         self.stopping = True
         await self._scheduler.close()
@@ -306,31 +330,5 @@ class JobQueue:
         task.add_done_callback(done)
 
     async def _finish(self, request_id: str) -> None:
-        """Write the output CSV, then mark the request finished, then notify."""
-        REQUEST_ID.set(request_id)  # in this task's own context
         self._processor.forget(request_id)
-        counts = await self._db.get_counts(request_id)
-        if counts.pending:
-            # Images left pending by a stop or an internal error: leave them for the next start.
-            if not self.stopping:
-                log.error("request %s drained with %d images pending", request_id, counts.pending)
-            return
-        output = self.outputs_dir / f"{request_id}.csv"
-        try:
-            await asyncio.to_thread(
-                write_output_csv, self._db.path, request_id, output, self._settings.limits
-            )
-        except (OSError, CsvCompressError) as exc:
-            reason = getattr(exc, "message", None) or str(exc)
-            log.error("request %s failed: could not write the output CSV: %s", request_id, reason)
-            await self._db.finish_request(
-                request_id, RequestStatus.FAILED, error=f"could not write the output CSV: {reason}"
-            )
-        else:
-            await self._db.finish_request(
-                request_id, RequestStatus.COMPLETE, output_file_path=str(output)
-            )
-            log.info("request %s finished: output CSV written", request_id)
-        if self._on_finished is not None:
-            with contextlib.suppress(Exception):
-                await self._on_finished(request_id)
+        await self._finisher.finish(request_id, stopping=self.stopping)

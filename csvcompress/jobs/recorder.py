@@ -1,17 +1,14 @@
-"""Image results written to SQLite in batches: one transaction per batch, not per image.
+"""Image results written to the store in batches: one transaction per batch, not per image.
 
-Workers hand each result over and wait until it is committed, exactly as they
-waited for `Database.record_image`, so an image is still only marked done
-after it was stored, and a result that never reached a commit (the process was
-killed) leaves its image pending, to be redone on the next start.
+Workers hand each result over and wait until it is committed, so an image is
+only marked done after it was stored, and a result that never reached a commit
+(the process was killed) leaves its image pending, to be redone on the next start.
 
 One task writes. A batch starts with the first result to arrive and takes
 whatever arrives within COMMIT_WINDOW after it (a group commit), and while it
-commits the next results queue up for the one after. The writes use a
-connection of their own, in a thread of their own, so the event loop's
-connection (status pages, the scheduler) never queues behind them, and the
-four thread trips per image of BEGIN / UPDATE / UPDATE / COMMIT become one per
-batch.
+commits the next results queue up for the one after. The four thread trips per
+image of BEGIN / UPDATE / UPDATE / COMMIT become one per batch (the SQLite store
+writes results on a connection and thread of their own).
 
 The window costs each image up to 50 ms before it counts as done, which no
 one polling a status notices; without it, at the 40-50 images/s of two cores,
@@ -25,13 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from csvcompress.jobs.lifecycle import Lifecycle
 from csvcompress.models import ImageJob, ImageResult
-from csvcompress.store import sqlite as db
-from csvcompress.store.sqlite import Database
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +47,15 @@ class _Pending:
 
 
 class ResultRecorder:
-    def __init__(self, database: Database, window: float = COMMIT_WINDOW) -> None:
-        self._db = database
+    def __init__(self, lifecycle: Lifecycle, window: float = COMMIT_WINDOW) -> None:
+        self._lifecycle = lifecycle
         self._window = window
         # None asks the writer to finish what is queued and stop.
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="recorder")
-        self._conn: sqlite3.Connection | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._conn = await loop.run_in_executor(self._thread, db.connect_sync, self._db.path)
         self._writer = asyncio.create_task(self._write_until_closed(), name="result-recorder")
 
     async def record(self, job: ImageJob, result: ImageResult) -> int:
@@ -84,10 +74,6 @@ class ResultRecorder:
             self._queue.put_nowait(None)
             await self._writer
             self._writer = None
-        if self._conn is not None:
-            await asyncio.get_running_loop().run_in_executor(self._thread, self._conn.close)
-            self._conn = None
-        self._thread.shutdown(wait=True)
 
     async def _write_until_closed(self) -> None:
         closing = False
@@ -110,13 +96,8 @@ class ResultRecorder:
     async def _write(self, batch: list[_Pending]) -> None:
         if not batch:
             return
-        assert self._conn is not None
-        items = [(p.job, p.result) for p in batch]
-        loop = asyncio.get_running_loop()
         try:
-            changed = await loop.run_in_executor(
-                self._thread, db.record_images_sync, self._conn, items
-            )
+            changed = await self._lifecycle.record([(p.job, p.result) for p in batch])
         except Exception as exc:
             log.exception("could not record %d image result(s)", len(batch))
             for pending in batch:

@@ -1,32 +1,38 @@
-"""SQLite schema and the queries, named for what they do.
+"""The SQLite store: the only code that imports sqlite3 or aiosqlite.
 
-One aiosqlite connection serves the event loop. Writes that belong together
-run under one lock inside an explicit transaction, so statements from other
-coroutines never slip into (or roll back with) somebody else's transaction.
+One aiosqlite connection serves the event loop. Writes that belong together run
+under one lock inside an explicit transaction, so statements from other coroutines
+never slip into (or roll back with) somebody else's transaction.
 
-Work that scans many rows (ingesting a 300,000-URL upload, streaming results
-into the output CSV) runs in a worker thread on a connection of its own, so the
-event loop stays free; WAL mode lets those readers and the writer overlap.
+Image results are written on a connection and thread of their own (see
+`record_results`), so the event loop's connection (status pages, the scheduler)
+never queues behind them. Work that scans many rows (ingesting a 300,000-URL
+upload, streaming results into the output CSV) runs in the caller's worker thread
+on a connection of its own; WAL mode lets those readers and the writer overlap.
+
+Rows are read by column name (sqlite3.Row), never by position.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import functools
 import logging
-import operator
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, closing
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
+from csvcompress.clock import now_iso
 from csvcompress.models import (
+    FINISHED_STATUSES,
+    UNFINISHED_STATUSES,
     DeliveryRecord,
     DeliveryState,
     ImageCounts,
@@ -37,6 +43,14 @@ from csvcompress.models import (
     RequestRecord,
     RequestStatus,
 )
+from csvcompress.store.base import (
+    ImageMove,
+    ListedRequest,
+    OutcomeRow,
+    RequestInput,
+    RequestMove,
+    StoreUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +58,8 @@ BUSY_TIMEOUT_MS = 30_000
 INSERT_CHUNK = 5_000
 # Rows deleted per transaction when a request is removed, so workers are not held up.
 DELETE_CHUNK = 5_000
+# Above every requests.id: where a newest-first listing starts.
+_NO_CURSOR = 2**63 - 1
 
 # Each entry moves the schema one version forward; PRAGMA user_version says where a file is.
 MIGRATIONS: tuple[str, ...] = (
@@ -112,24 +128,46 @@ MIGRATIONS: tuple[str, ...] = (
     -- /healthz proves the database takes writes by committing this one row.
     CREATE TABLE health (id INTEGER PRIMARY KEY CHECK (id = 1), checked_at TEXT NOT NULL);
     """,
+    # 3: one spelling for column names; a request's public id is `request_id` everywhere.
+    """
+    ALTER TABLE requests RENAME COLUMN requestId TO request_id;
+    ALTER TABLE requests RENAME COLUMN webhookUrl TO webhook_url;
+    ALTER TABLE requests RENAME COLUMN outputFilePath TO output_file_path;
+    """,
 )
 
-FINISHED_STATUSES = tuple(s for s in RequestStatus if s.finished)
-UNFINISHED_STATUSES = tuple(s for s in RequestStatus if not s.finished)
-# What the output CSV says about an image its request's cancellation left unprocessed.
-SKIPPED_REASON = "skipped: the request was cancelled"
+_REQUEST_COLUMNS = (
+    "request_id, status, webhook_url, output_file_path, error, rows, created_at, updated_at, "
+    "bytes_in, bytes_out"
+)
+_COUNT_COLUMNS = "images_total, images_succeeded, images_failed, images_skipped"
+_DELIVERY_COLUMNS = "id, request_id, url, state, attempts, next_attempt_at, last_status, last_error"
+_IMAGE_COLUMNS = (
+    "id, row, position, url, status, output_url, error, error_code, bytes_in, bytes_out"
+)
 
 
-def _marks(values: Sequence[object]) -> str:
+def _marks(values: Collection[object]) -> str:
     """The "?, ?, ?" of an IN clause with one parameter per value."""
     return ", ".join("?" * len(values))
 
 
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+@functools.cache
+def _move_sql(move: tuple[tuple[str, str], ...]) -> tuple[str, str]:
+    """("CASE status WHEN ? THEN ? ... END", "status IN (?, ...)") for a lifecycle move."""
+    case = "CASE status " + " ".join("WHEN ? THEN ?" for _ in move) + " END"
+    return case, f"status IN ({_marks(move)})"
+
+
+def _move(move: Mapping[Any, Any]) -> tuple[str, str, list[str], list[str]]:
+    """SQL and parameters that apply a move: SET status = <case> ... WHERE <sources>."""
+    pairs = tuple((str(src), str(dst)) for src, dst in move.items())
+    case, where = _move_sql(pairs)
+    return case, where, [v for pair in pairs for v in pair], [src for src, _ in pairs]
 
 
 def _configure(conn: sqlite3.Connection) -> None:
+    conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA journal_mode = WAL")
     # NORMAL is durable across process crashes in WAL mode; only an OS crash can lose
@@ -138,14 +176,14 @@ def _configure(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA foreign_keys = ON")
 
 
-def connect_sync(path: str | Path) -> sqlite3.Connection:
+def connect_blocking(path: str | Path) -> sqlite3.Connection:
     """A plain connection for work done in a thread."""
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     _configure(conn)
     return conn
 
 
-def migrate_sync(conn: sqlite3.Connection) -> int:
+def migrate_blocking(conn: sqlite3.Connection) -> int:
     """Bring the schema to the newest version; returns the version."""
     version = int(conn.execute("PRAGMA user_version").fetchone()[0])
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
@@ -154,78 +192,118 @@ def migrate_sync(conn: sqlite3.Connection) -> int:
     return len(MIGRATIONS)
 
 
-_REQUEST_COLUMNS = (
-    "requestId, status, webhookUrl, outputFilePath, error, rows, created_at, updated_at, "
-    "bytes_in, bytes_out"
-)
-
-
-# Above every requests.id: where a newest-first listing starts.
-_NO_CURSOR = 2**63 - 1
-
-_DELIVERY_COLUMNS = "id, request_id, url, state, attempts, next_attempt_at, last_status, last_error"
-
-
-def _delivery_from_row(row: Sequence[Any]) -> DeliveryRecord:
-    return DeliveryRecord(
-        id=row[0],
-        request_id=row[1],
-        url=row[2],
-        state=DeliveryState(row[3]),
-        attempts=row[4],
-        next_attempt_at=row[5],
-        last_status=row[6],
-        last_error=row[7],
-    )
-
-
-def _request_from_row(row: Sequence[Any]) -> RequestRecord:
+def _request(row: sqlite3.Row) -> RequestRecord:
     return RequestRecord(
-        id=row[0],
-        status=RequestStatus(row[1]),
-        webhook_url=row[2],
-        output_file_path=row[3],
-        error=row[4],
-        rows=row[5],
-        created_at=row[6],
-        updated_at=row[7],
-        bytes_in=row[8],
-        bytes_out=row[9],
+        id=row["request_id"],
+        status=RequestStatus(row["status"]),
+        webhook_url=row["webhook_url"],
+        output_file_path=row["output_file_path"],
+        error=row["error"],
+        rows=row["rows"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        bytes_in=row["bytes_in"],
+        bytes_out=row["bytes_out"],
     )
 
 
-class Database:
-    """The service's one connection and every query it runs."""
+def _counts(row: sqlite3.Row) -> ImageCounts:
+    return ImageCounts(
+        total=row["images_total"],
+        succeeded=row["images_succeeded"],
+        failed=row["images_failed"],
+        skipped=row["images_skipped"],
+    )
+
+
+def _delivery(row: sqlite3.Row) -> DeliveryRecord:
+    return DeliveryRecord(
+        id=row["id"],
+        request_id=row["request_id"],
+        url=row["url"],
+        state=DeliveryState(row["state"]),
+        attempts=row["attempts"],
+        next_attempt_at=row["next_attempt_at"],
+        last_status=row["last_status"],
+        last_error=row["last_error"],
+    )
+
+
+def _image(row: sqlite3.Row) -> ImageRecord:
+    return ImageRecord(
+        id=row["id"],
+        row=row["row"],
+        position=row["position"],
+        url=row["url"],
+        status=ImageStatus(row["status"]),
+        output_url=row["output_url"],
+        error=row["error"],
+        error_code=row["error_code"],
+        bytes_in=row["bytes_in"],
+        bytes_out=row["bytes_out"],
+    )
+
+
+class SqliteStore:
+    """The Store on one SQLite file (see store/base.py for what each method promises)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._conn: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
+        # Image results: their own connection, used only from this one thread.
+        self._results_thread: ThreadPoolExecutor | None = None
+        self._results_conn: sqlite3.Connection | None = None
+
+    # --- lifetime and health ---------------------------------------------------
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self._migrate)
         conn = await aiosqlite.connect(str(self.path), isolation_level=None)
+        conn.row_factory = sqlite3.Row
         await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         await conn.execute("PRAGMA synchronous = NORMAL")
         self._conn = conn
+        self._results_thread = ThreadPoolExecutor(1, thread_name_prefix="store-results")
+        loop = asyncio.get_running_loop()
+        self._results_conn = await loop.run_in_executor(
+            self._results_thread, connect_blocking, self.path
+        )
 
     def _migrate(self) -> None:
-        with closing(connect_sync(self.path)) as conn:
-            migrate_sync(conn)
+        with closing(connect_blocking(self.path)) as conn:
+            migrate_blocking(conn)
 
     async def close(self) -> None:
+        if self._results_thread is not None:
+            if self._results_conn is not None:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self._results_thread, self._results_conn.close)
+                self._results_conn = None
+            self._results_thread.shutdown(wait=True)
+            self._results_thread = None
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
 
+    async def check(self, patience: float) -> None:
+        try:
+            await asyncio.wait_for(
+                asyncio.to_thread(check_writable_blocking, self.path, patience), patience + 1
+            )
+        except (sqlite3.Error, NotWritable) as exc:
+            raise StoreUnavailable(f"not writable: {exc}") from None
+        except TimeoutError:
+            raise StoreUnavailable(f"no answer within {patience + 1:g} s") from None
+
     @property
-    def conn(self) -> aiosqlite.Connection:
+    def _connection(self) -> aiosqlite.Connection:
         if self._conn is None:
             raise RuntimeError("database is not open")
         return self._conn
 
-    async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """Run a query to its end in one call on the connection's thread.
 
         Every read goes through here: a statement left open across an await (a cursor
@@ -233,153 +311,189 @@ class Database:
         statement on this shared connection, so a read could miss an upload committed
         meanwhile, and BEGIN IMMEDIATE would fail at once with SQLITE_BUSY_SNAPSHOT.
         """
-        return list(await self.conn.execute_fetchall(sql, params))
+        return list(await self._connection.execute_fetchall(sql, params))
 
-    async def _row(self, sql: str, params: Sequence[Any] = ()) -> Any:
+    async def _row(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
         rows = await self._rows(sql, params)
         return rows[0] if rows else None
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         async with self._write_lock:
-            await self.conn.execute("BEGIN IMMEDIATE")
+            await self._connection.execute("BEGIN IMMEDIATE")
             try:
-                yield self.conn
+                yield self._connection
             except BaseException:
-                await self.conn.execute("ROLLBACK")
+                await self._connection.execute("ROLLBACK")
                 raise
-            await self.conn.execute("COMMIT")
+            await self._connection.execute("COMMIT")
 
-    # --- requests ---------------------------------------------------------------
+    # --- new requests (in a worker thread) ----------------------------------------
+
+    def request_writer(self, request_id: str) -> RequestInserter:
+        return RequestInserter(self.path, request_id)
+
+    # --- reading requests and images ------------------------------------------
 
     async def get_request(self, request_id: str) -> RequestRecord | None:
         row = await self._row(
-            f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE requestId = ?", (request_id,)
+            f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE request_id = ?", (request_id,)
         )
-        return _request_from_row(row) if row else None
+        return _request(row) if row else None
 
     async def get_request_with_counts(
         self, request_id: str
     ) -> tuple[RequestRecord, ImageCounts] | None:
         """get_request and get_counts in one query: one trip to the database thread, not two."""
         row = await self._row(
-            f"SELECT {_REQUEST_COLUMNS}, images_total, images_succeeded, images_failed, "
-            "images_skipped FROM requests WHERE requestId = ?",
+            f"SELECT {_REQUEST_COLUMNS}, {_COUNT_COLUMNS} FROM requests WHERE request_id = ?",
             (request_id,),
         )
-        if row is None:
-            return None
-        return _request_from_row(row), ImageCounts(*row[-4:])
+        return (_request(row), _counts(row)) if row else None
 
     async def get_counts(self, request_id: str) -> ImageCounts:
         row = await self._row(
-            "SELECT images_total, images_succeeded, images_failed, images_skipped FROM requests "
-            "WHERE requestId = ?",
-            (request_id,),
+            f"SELECT {_COUNT_COLUMNS} FROM requests WHERE request_id = ?", (request_id,)
         )
-        if row is None:
-            return ImageCounts()
-        return ImageCounts(total=row[0], succeeded=row[1], failed=row[2], skipped=row[3])
+        return _counts(row) if row else ImageCounts()
 
     async def list_requests(
         self, *, status: RequestStatus | None, before: int | None, limit: int
-    ) -> list[tuple[int, RequestRecord, ImageCounts]]:
-        """Requests newest first, as (position for the next page's `before`, record, counts)."""
+    ) -> list[ListedRequest]:
         where = ["id < ?"]
         params: list[int | str] = [before if before is not None else _NO_CURSOR]
         if status is not None:
             where.append("status = ?")
             params.append(status)
         rows = await self._rows(
-            "SELECT id, images_total, images_succeeded, images_failed, images_skipped, "
-            f"{_REQUEST_COLUMNS} FROM requests WHERE {' AND '.join(where)} "
-            "ORDER BY id DESC LIMIT ?",
+            f"SELECT id, {_COUNT_COLUMNS}, {_REQUEST_COLUMNS} FROM requests "
+            f"WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
             (*params, limit),
         )
-        return [
-            (row[0], _request_from_row(row[5:]), ImageCounts(row[1], row[2], row[3], row[4]))
-            for row in rows
-        ]
+        return [ListedRequest(row["id"], _request(row), _counts(row)) for row in rows]
 
     async def unfinished_request_ids(self) -> list[str]:
-        """Requests to resume at start, oldest first."""
         rows = await self._rows(
-            "SELECT requestId FROM requests WHERE status IN (?, ?) ORDER BY id",
-            (RequestStatus.PENDING, RequestStatus.PROCESSING),
+            f"SELECT request_id FROM requests WHERE status IN ({_marks(UNFINISHED_STATUSES)}) "
+            "ORDER BY id",
+            UNFINISHED_STATUSES,
         )
-        return [row[0] for row in rows]
+        return [row["request_id"] for row in rows]
 
-    async def mark_processing(self, request_id: str) -> None:
-        async with self.transaction() as conn:
-            await conn.execute(
-                "UPDATE requests SET status = ?, updated_at = ? WHERE requestId = ? AND status = ?",
-                (RequestStatus.PROCESSING, now_iso(), request_id, RequestStatus.PENDING),
+    async def pending_images(self, request_id: str, after_id: int, limit: int) -> list[ImageJob]:
+        rows = await self._rows(
+            "SELECT id, row, position, url, attempts FROM images "
+            "WHERE request_id = ? AND id > ? AND status = ? AND source_id IS NULL "
+            "ORDER BY id LIMIT ?",
+            (request_id, after_id, ImageStatus.PENDING, limit),
+        )
+        return [
+            ImageJob(
+                id=r["id"],
+                request_id=request_id,
+                row=r["row"],
+                position=r["position"],
+                url=r["url"],
+                attempts=r["attempts"],
             )
+            for r in rows
+        ]
+
+    async def image_page(self, request_id: str, after: int, limit: int) -> list[ImageRecord]:
+        rows = await self._rows(
+            f"SELECT {_IMAGE_COLUMNS} FROM images WHERE request_id = ? AND id > ? "
+            "ORDER BY id LIMIT ?",
+            (request_id, after, limit),
+        )
+        return [_image(row) for row in rows]
+
+    def request_input_blocking(self, request_id: str) -> RequestInput | None:
+        with closing(connect_blocking(self.path)) as conn:
+            row = conn.execute(
+                "SELECT input_path, rows, images_total FROM requests WHERE request_id = ?",
+                (request_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        return RequestInput(str(row["input_path"]), int(row["rows"]), int(row["images_total"]))
+
+    def image_outcomes_blocking(self, request_id: str) -> Iterator[OutcomeRow]:
+        with closing(connect_blocking(self.path)) as conn:
+            cur = conn.execute(
+                "SELECT row, position, output_url, error FROM images WHERE request_id = ? "
+                "ORDER BY id",
+                (request_id,),
+            )
+            while batch := cur.fetchmany(INSERT_CHUNK):
+                for r in batch:
+                    yield OutcomeRow(r["row"], r["position"], r["output_url"], r["error"])
+
+    # --- status changes (only jobs/lifecycle.py calls these) --------------------
+
+    async def start_request(self, request_id: str, move: RequestMove) -> bool:
+        case, sources, case_params, source_params = _move(move)
+        async with self._transaction() as conn:
+            cur = await conn.execute(
+                f"UPDATE requests SET status = {case}, updated_at = ? "
+                f"WHERE request_id = ? AND {sources}",
+                (*case_params, now_iso(), request_id, *source_params),
+            )
+        return cur.rowcount > 0
 
     async def finish_request(
         self,
         request_id: str,
-        status: RequestStatus,
+        move: RequestMove,
         *,
-        output_file_path: str | None = None,
-        error: str | None = None,
-    ) -> None:
-        async with self.transaction() as conn:
-            # A request cancelled while it was being finished stays cancelled.
-            await conn.execute(
-                "UPDATE requests SET status = CASE WHEN status = ? THEN status ELSE ? END, "
-                "outputFilePath = ?, error = ?, updated_at = ? WHERE requestId = ?",
-                (RequestStatus.CANCELLED, status, output_file_path, error, now_iso(), request_id),
-            )
-
-    # --- cancelling, retrying and removing requests --------------------------------
-
-    async def cancel_request(self, request_id: str) -> bool:
-        """Mark an unfinished request cancelled and skip its pending images.
-
-        False when the request is unknown or already finished.
-        """
-        stamp = now_iso()
-        async with self.transaction() as conn:
+        output_file_path: str | None,
+        error: str | None,
+    ) -> bool:
+        case, sources, case_params, source_params = _move(move)
+        async with self._transaction() as conn:
             cur = await conn.execute(
-                f"UPDATE requests SET status = ?, updated_at = ? WHERE requestId = ? "
-                f"AND status IN ({_marks(UNFINISHED_STATUSES)})",
-                (RequestStatus.CANCELLED, stamp, request_id, *UNFINISHED_STATUSES),
+                f"UPDATE requests SET status = {case}, output_file_path = ?, error = ?, "
+                f"updated_at = ? WHERE request_id = ? AND {sources}",
+                (*case_params, output_file_path, error, now_iso(), request_id, *source_params),
+            )
+        return cur.rowcount > 0
+
+    async def cancel_request(
+        self, request_id: str, move: RequestMove, images: ImageMove, *, reason: str, code: str
+    ) -> bool:
+        stamp = now_iso()
+        case, sources, case_params, source_params = _move(move)
+        image_case, image_sources, image_case_params, image_source_params = _move(images)
+        async with self._transaction() as conn:
+            cur = await conn.execute(
+                f"UPDATE requests SET status = {case}, updated_at = ? "
+                f"WHERE request_id = ? AND {sources}",
+                (*case_params, stamp, request_id, *source_params),
             )
             if cur.rowcount == 0:
                 return False
             cur = await conn.execute(
-                "UPDATE images SET status = ?, error = ?, error_code = ?, updated_at = ? "
-                "WHERE request_id = ? AND status = ?",
-                (
-                    ImageStatus.SKIPPED,
-                    SKIPPED_REASON,
-                    "cancelled",
-                    stamp,
-                    request_id,
-                    ImageStatus.PENDING,
-                ),
+                f"UPDATE images SET status = {image_case}, error = ?, error_code = ?, "
+                f"updated_at = ? WHERE request_id = ? AND {image_sources}",
+                (*image_case_params, reason, code, stamp, request_id, *image_source_params),
             )
             await conn.execute(
-                "UPDATE requests SET images_skipped = images_skipped + ? WHERE requestId = ?",
+                "UPDATE requests SET images_skipped = images_skipped + ? WHERE request_id = ?",
                 (cur.rowcount, request_id),
             )
         return True
 
-    async def requeue(self, request_id: str) -> int | None:
-        """Put a finished request's failed and skipped images back to pending.
-
-        The request becomes pending again, without output CSV or webhook delivery
-        (the next finish queues a new one). Returns how many
-        images were re-queued, or None when the request is unknown or not finished.
-        """
+    async def retry_request(
+        self, request_id: str, move: RequestMove, images: ImageMove
+    ) -> int | None:
         stamp = now_iso()
-        async with self.transaction() as conn:
+        case, sources, case_params, source_params = _move(move)
+        image_case, image_sources, image_case_params, image_source_params = _move(images)
+        async with self._transaction() as conn:
             cur = await conn.execute(
-                "UPDATE requests SET status = ?, outputFilePath = NULL, error = NULL, "
-                "images_failed = 0, images_skipped = 0, updated_at = ? WHERE requestId = ? "
-                f"AND status IN ({_marks(FINISHED_STATUSES)})",
-                (RequestStatus.PENDING, stamp, request_id, *FINISHED_STATUSES),
+                f"UPDATE requests SET status = {case}, output_file_path = NULL, error = NULL, "
+                "images_failed = 0, images_skipped = 0, updated_at = ? "
+                f"WHERE request_id = ? AND {sources}",
+                (*case_params, stamp, request_id, *source_params),
             )
             if cur.rowcount == 0:
                 return None
@@ -387,116 +501,22 @@ class Database:
             # dropped): when the request finishes again, a new event is queued.
             await conn.execute("DELETE FROM deliveries WHERE request_id = ?", (request_id,))
             cur = await conn.execute(
-                "UPDATE images SET status = ?, output_url = NULL, error = NULL, "
+                f"UPDATE images SET status = {image_case}, output_url = NULL, error = NULL, "
                 "error_code = NULL, bytes_in = 0, bytes_out = 0, updated_at = ? "
-                "WHERE request_id = ? AND status IN (?, ?)",
-                (
-                    ImageStatus.PENDING,
-                    stamp,
-                    request_id,
-                    ImageStatus.FAILED,
-                    ImageStatus.SKIPPED,
-                ),
+                f"WHERE request_id = ? AND {image_sources}",
+                (*image_case_params, stamp, request_id, *image_source_params),
             )
             return int(cur.rowcount)
 
-    async def finished_before(self, cutoff: str, limit: int) -> list[str]:
-        """Ids of finished requests last updated before `cutoff` (an ISO time), oldest first."""
-        rows = await self._rows(
-            f"SELECT requestId FROM requests WHERE status IN ({_marks(FINISHED_STATUSES)}) "
-            "AND updated_at < ? ORDER BY updated_at LIMIT ?",
-            (*FINISHED_STATUSES, cutoff, limit),
+    async def record_results(
+        self, results: Sequence[tuple[ImageJob, ImageResult, ImageMove]]
+    ) -> list[int]:
+        if self._results_thread is None or self._results_conn is None:
+            raise RuntimeError("database is not open")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._results_thread, record_results_blocking, self._results_conn, results
         )
-        return [row[0] for row in rows]
-
-    async def request_files(self, request_id: str) -> list[str]:
-        """The files a request keeps beside the database: its uploaded and output CSVs."""
-        row = await self._row(
-            "SELECT input_path, outputFilePath FROM requests WHERE requestId = ?", (request_id,)
-        )
-        return [path for path in row or () if path]
-
-    async def delete_request(self, request_id: str) -> None:
-        """Remove a request's rows: images in chunks (the workers keep writing), then the rest."""
-        while True:
-            async with self.transaction() as conn:
-                cur = await conn.execute(
-                    "DELETE FROM images WHERE id IN "
-                    "(SELECT id FROM images WHERE request_id = ? LIMIT ?)",
-                    (request_id, DELETE_CHUNK),
-                )
-            if cur.rowcount < DELETE_CHUNK:
-                break
-        async with self.transaction() as conn:
-            await conn.execute("DELETE FROM deliveries WHERE request_id = ?", (request_id,))
-            await conn.execute("DELETE FROM requests WHERE requestId = ?", (request_id,))
-
-    # --- figures for /metrics ------------------------------------------------------
-
-    async def requests_by_status(self) -> dict[RequestStatus, int]:
-        """How many requests are in each status (every status listed, zeros included)."""
-        counts = dict.fromkeys(RequestStatus, 0)
-        for status, count in await self._rows(
-            "SELECT status, count(*) FROM requests GROUP BY status"
-        ):
-            counts[RequestStatus(status)] = count
-        return counts
-
-    async def queued_images(self) -> int:
-        """Images of unfinished requests that have no result yet."""
-        row = await self._row(
-            "SELECT coalesce(sum(images_total - images_succeeded - images_failed - "
-            f"images_skipped), 0) FROM requests WHERE status IN ({_marks(UNFINISHED_STATUSES)})",
-            UNFINISHED_STATUSES,
-        )
-        return int(row[0]) if row else 0
-
-    # --- images -----------------------------------------------------------------
-
-    async def pending_jobs(self, request_id: str, after_id: int, limit: int) -> list[ImageJob]:
-        """The next pending distinct URLs of a request, in input order."""
-        rows = await self._rows(
-            "SELECT id, row, position, url, attempts FROM images "
-            "WHERE request_id = ? AND id > ? AND status = ? AND source_id IS NULL "
-            "ORDER BY id LIMIT ?",
-            (request_id, after_id, ImageStatus.PENDING, limit),
-        )
-        return [ImageJob(r[0], request_id, r[1], r[2], r[3], r[4]) for r in rows]
-
-    async def record_image(self, job: ImageJob, result: ImageResult) -> int:
-        """Store one image's result, for it and its repeats; returns how many images that was."""
-        stamp = now_iso()
-        async with self.transaction() as conn:
-            cur = await conn.execute(_RECORD_IMAGE, _record_image_params(job, result, stamp))
-            changed = cur.rowcount
-            if not changed:
-                # The request was cancelled (or deleted) while this image was in flight.
-                return 0
-            await conn.execute(_COUNT_RESULTS, _count_results_params(job, result, changed, stamp))
-        return changed
-
-    async def image_page(self, request_id: str, after: int, limit: int) -> list[ImageRecord]:
-        """A request's images in input order, from the first with an id above `after`."""
-        rows = await self._rows(
-            "SELECT id, row, position, url, status, output_url, error, error_code, bytes_in, "
-            "bytes_out FROM images WHERE request_id = ? AND id > ? ORDER BY id LIMIT ?",
-            (request_id, after, limit),
-        )
-        return [
-            ImageRecord(
-                id=row[0],
-                row=row[1],
-                position=row[2],
-                url=row[3],
-                status=ImageStatus(row[4]),
-                output_url=row[5],
-                error=row[6],
-                error_code=row[7],
-                bytes_in=row[8],
-                bytes_out=row[9],
-            )
-            for row in rows
-        ]
 
     # --- webhook deliveries -----------------------------------------------------
 
@@ -511,7 +531,7 @@ class Database:
         next_attempt_at: float | None = None,
     ) -> None:
         stamp = now_iso()
-        async with self.transaction() as conn:
+        async with self._transaction() as conn:
             await conn.execute(
                 "INSERT INTO deliveries (id, request_id, event_type, url, payload, state, "
                 "next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -534,22 +554,13 @@ class Database:
             "ORDER BY created_at DESC, rowid DESC LIMIT 1",
             (request_id,),
         )
-        return _delivery_from_row(row) if row else None
+        return _delivery(row) if row else None
 
     async def get_delivery(self, delivery_id: str) -> tuple[DeliveryRecord, str] | None:
-        """A delivery and its payload."""
         row = await self._row(
             f"SELECT {_DELIVERY_COLUMNS}, payload FROM deliveries WHERE id = ?", (delivery_id,)
         )
-        return (_delivery_from_row(row), str(row[-1])) if row else None
-
-    async def due_delivery_ids(self) -> list[tuple[str, float]]:
-        """Pending deliveries with the time each is due, soonest first."""
-        rows = await self._rows(
-            "SELECT id, next_attempt_at FROM deliveries WHERE state = ? ORDER BY next_attempt_at",
-            (DeliveryState.PENDING,),
-        )
-        return [(row[0], float(row[1] or 0)) for row in rows]
+        return (_delivery(row), str(row["payload"])) if row else None
 
     async def record_attempt(
         self,
@@ -560,7 +571,7 @@ class Database:
         last_status: int | None,
         last_error: str | None,
     ) -> None:
-        async with self.transaction() as conn:
+        async with self._transaction() as conn:
             await conn.execute(
                 "UPDATE deliveries SET state = ?, attempts = attempts + 1, next_attempt_at = ?, "
                 "last_status = ?, last_error = ?, updated_at = ? WHERE id = ?",
@@ -570,18 +581,16 @@ class Database:
     async def next_pending_deliveries(
         self, exclude: Collection[str], limit: int
     ) -> list[tuple[str, float]]:
-        """Up to `limit` pending deliveries not in `exclude`, with due times, soonest first."""
-        marks = ", ".join("?" * len(exclude))
         rows = await self._rows(
             "SELECT id, next_attempt_at FROM deliveries WHERE state = ? "
-            f"AND id NOT IN ({marks}) ORDER BY next_attempt_at LIMIT ?",
+            f"AND id NOT IN ({_marks(exclude)}) ORDER BY next_attempt_at LIMIT ?",
             (DeliveryState.PENDING, *exclude, limit),
         )
-        return [(row[0], float(row[1] or 0)) for row in rows]
+        return [(row["id"], float(row["next_attempt_at"] or 0)) for row in rows]
 
     async def requeue_delivery(self, delivery_id: str, next_attempt_at: float) -> None:
         """Start a delivery over: pending, no attempts made, first attempt at `next_attempt_at`."""
-        async with self.transaction() as conn:
+        async with self._transaction() as conn:
             await conn.execute(
                 "UPDATE deliveries SET state = ?, attempts = 0, next_attempt_at = ?, "
                 "last_status = NULL, last_error = NULL, updated_at = ? WHERE id = ?",
@@ -592,68 +601,129 @@ class Database:
         """Finished requests with a webhook URL whose delivery was never created (a crash
         between finishing the request and queueing its webhook), oldest first."""
         rows = await self._rows(
-            "SELECT requestId FROM requests r WHERE status IN (?, ?, ?) "
-            "AND coalesce(webhookUrl, '') <> '' "
-            "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.request_id = r.requestId) "
+            f"SELECT request_id FROM requests r WHERE status IN ({_marks(FINISHED_STATUSES)}) "
+            "AND coalesce(webhook_url, '') <> '' "
+            "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.request_id = r.request_id) "
             "ORDER BY id",
-            (RequestStatus.COMPLETE, RequestStatus.FAILED, RequestStatus.CANCELLED),
+            FINISHED_STATUSES,
         )
-        return [row[0] for row in rows]
+        return [row["request_id"] for row in rows]
 
+    # --- retention --------------------------------------------------------------
 
-# --- recording results (shared by record_image and record_images_sync) -------------
+    async def finished_before(self, cutoff: str, limit: int) -> list[str]:
+        """Ids of finished requests last updated before `cutoff` (an ISO time), oldest first."""
+        rows = await self._rows(
+            f"SELECT request_id FROM requests WHERE status IN ({_marks(FINISHED_STATUSES)}) "
+            "AND updated_at < ? ORDER BY updated_at LIMIT ?",
+            (*FINISHED_STATUSES, cutoff, limit),
+        )
+        return [row["request_id"] for row in rows]
 
-# One image's result, for it and its repeats, unless already recorded.
-_RECORD_IMAGE = (
-    "UPDATE images SET status = ?, output_url = ?, error = ?, error_code = ?, "
-    "bytes_in = ?, bytes_out = ?, attempts = attempts + 1, updated_at = ? "
-    "WHERE (id = ? OR source_id = ?) AND status = ?"
-)
-_COUNT_RESULTS = (
-    "UPDATE requests SET images_succeeded = images_succeeded + ?, "
-    "images_failed = images_failed + ?, bytes_in = bytes_in + ?, "
-    "bytes_out = bytes_out + ?, updated_at = ? WHERE requestId = ?"
-)
+    async def request_files(self, request_id: str) -> list[str]:
+        """The files a request keeps beside the database: its uploaded and output CSVs."""
+        row = await self._row(
+            "SELECT input_path, output_file_path FROM requests WHERE request_id = ?",
+            (request_id,),
+        )
+        if row is None:
+            return []
+        return [path for path in (row["input_path"], row["output_file_path"]) if path]
 
+    async def delete_request(self, request_id: str) -> None:
+        """Remove a request's rows: images in chunks (the workers keep writing), then the rest."""
+        while True:
+            async with self._transaction() as conn:
+                cur = await conn.execute(
+                    "DELETE FROM images WHERE id IN "
+                    "(SELECT id FROM images WHERE request_id = ? LIMIT ?)",
+                    (request_id, DELETE_CHUNK),
+                )
+            if cur.rowcount < DELETE_CHUNK:
+                break
+        async with self._transaction() as conn:
+            await conn.execute("DELETE FROM deliveries WHERE request_id = ?", (request_id,))
+            await conn.execute("DELETE FROM requests WHERE request_id = ?", (request_id,))
 
-def _record_image_params(job: ImageJob, result: ImageResult, stamp: str) -> tuple[Any, ...]:
-    return (
-        result.status,
-        result.output_url,
-        result.error,
-        result.error_code,
-        result.bytes_in,
-        result.bytes_out,
-        stamp,
-        job.id,
-        job.id,
-        ImageStatus.PENDING,
-    )
+    # --- figures for /metrics ------------------------------------------------------
 
+    async def requests_by_status(self) -> dict[RequestStatus, int]:
+        """How many requests are in each status (every status listed, zeros included)."""
+        counts = dict.fromkeys(RequestStatus, 0)
+        for row in await self._rows("SELECT status, count(*) AS n FROM requests GROUP BY status"):
+            counts[RequestStatus(row["status"])] = row["n"]
+        return counts
 
-def _count_results_params(
-    job: ImageJob, result: ImageResult, changed: int, stamp: str
-) -> tuple[Any, ...]:
-    ok = result.status is ImageStatus.SUCCEEDED
-    # Bytes are counted once per distinct image: repeats are not re-downloaded.
-    return (
-        changed if ok else 0,
-        0 if ok else changed,
-        result.bytes_in if ok else 0,
-        result.bytes_out if ok else 0,
-        stamp,
-        job.request_id,
-    )
+    async def queued_images(self) -> int:
+        """Images of unfinished requests that have no result yet."""
+        row = await self._row(
+            "SELECT coalesce(sum(images_total - images_succeeded - images_failed - "
+            "images_skipped), 0) AS n FROM requests "
+            f"WHERE status IN ({_marks(UNFINISHED_STATUSES)})",
+            UNFINISHED_STATUSES,
+        )
+        return int(row["n"]) if row else 0
 
 
 # --- work done in a thread -------------------------------------------------------
+
+
+def record_results_blocking(
+    conn: sqlite3.Connection, results: Sequence[tuple[ImageJob, ImageResult, ImageMove]]
+) -> list[int]:
+    """Many results in one transaction: one commit for a batch instead of one per image."""
+    stamp = now_iso()
+    changed: list[int] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for job, result, move in results:
+            case, sources, case_params, source_params = _move(move)
+            count = conn.execute(
+                f"UPDATE images SET status = {case}, output_url = ?, error = ?, error_code = ?, "
+                "bytes_in = ?, bytes_out = ?, attempts = attempts + 1, updated_at = ? "
+                f"WHERE (id = ? OR source_id = ?) AND {sources}",
+                (
+                    *case_params,
+                    result.output_url,
+                    result.error,
+                    result.error_code,
+                    result.bytes_in,
+                    result.bytes_out,
+                    stamp,
+                    job.id,
+                    job.id,
+                    *source_params,
+                ),
+            ).rowcount
+            if count:  # 0: the request was cancelled (or deleted) while the image was in flight
+                ok = result.status is ImageStatus.SUCCEEDED
+                # Bytes are counted once per distinct image: repeats are not re-downloaded.
+                conn.execute(
+                    "UPDATE requests SET images_succeeded = images_succeeded + ?, "
+                    "images_failed = images_failed + ?, bytes_in = bytes_in + ?, "
+                    "bytes_out = bytes_out + ?, updated_at = ? WHERE request_id = ?",
+                    (
+                        count if ok else 0,
+                        0 if ok else count,
+                        result.bytes_in if ok else 0,
+                        result.bytes_out if ok else 0,
+                        stamp,
+                        job.request_id,
+                    ),
+                )
+            changed.append(count)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return changed
 
 
 class NotWritable(Exception):
     """The database, or a file it needs, cannot be written."""
 
 
-def check_writable_sync(path: str | Path, timeout: float) -> None:
+def check_writable_blocking(path: str | Path, timeout: float) -> None:
     """Raise NotWritable or sqlite3.Error unless the database takes writes now and after a restart.
 
     Two checks, because one connection cannot see everything. The files and their
@@ -681,50 +751,6 @@ def check_writable_sync(path: str | Path, timeout: float) -> None:
         conn.execute("COMMIT")
 
 
-def record_images_sync(
-    conn: sqlite3.Connection, results: Sequence[tuple[ImageJob, ImageResult]]
-) -> list[int]:
-    """record_image for many images in one transaction; how many images each one was.
-
-    One commit for a batch instead of one per image, on a connection of the
-    caller's (see recorder.py), so results do not queue with the reads.
-    """
-    stamp = now_iso()
-    changed: list[int] = []
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for job, result in results:
-            count = conn.execute(_RECORD_IMAGE, _record_image_params(job, result, stamp)).rowcount
-            if count:  # 0: the request was cancelled (or deleted) while the image was in flight
-                conn.execute(_COUNT_RESULTS, _count_results_params(job, result, count, stamp))
-            changed.append(count)
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-    return changed
-
-
-def insert_request_sync(
-    db_path: str | Path,
-    *,
-    request_id: str,
-    input_path: str,
-    webhook_url: str | None,
-    rows: int,
-    urls: Iterable[tuple[int, int, str]],
-) -> int:
-    """Store a validated request and its images in one transaction; returns the image count.
-
-    `urls` yields (row, position, url) in input order, positions counting from 0
-    in each row. See RequestInserter, which does the work.
-    """
-    with RequestInserter(db_path, request_id) as inserter:
-        for row, group in itertools.groupby(urls, key=operator.itemgetter(0)):
-            inserter.add(row, [url for _, _, url in group])
-        return inserter.finish(input_path=input_path, webhook_url=webhook_url, rows=rows)
-
-
 class RequestInserter:
     """A request and its images, stored in one transaction as the rows are read (in a thread).
 
@@ -745,14 +771,14 @@ class RequestInserter:
         self.images = 0
 
     def __enter__(self) -> RequestInserter:
-        conn = connect_sync(self._db_path)
+        conn = connect_blocking(self._db_path)
         try:
             conn.execute("BEGIN IMMEDIATE")
-            last = conn.execute("SELECT coalesce(max(id), 0) FROM images").fetchone()[0]
+            last = conn.execute("SELECT coalesce(max(id), 0) AS last FROM images").fetchone()
         except BaseException:
             conn.close()
             raise
-        self._conn, self._first_id = conn, int(last) + 1
+        self._conn, self._first_id = conn, int(last["last"]) + 1
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -765,8 +791,7 @@ class RequestInserter:
         finally:
             conn.close()
 
-    def add(self, row: int, urls: Iterable[str]) -> None:
-        """The URLs of one row, in order."""
+    def add(self, row: int, urls: Sequence[str]) -> None:
         for position, url in enumerate(urls):
             self._chunk.append((self._first_id + self.images, self._request_id, row, position, url))
             self.images += 1
@@ -780,11 +805,11 @@ class RequestInserter:
         _link_repeats(conn, self._request_id)
         stamp = now_iso()
         conn.execute(
-            "INSERT INTO requests (requestId, status, webhookUrl, input_path, rows, "
+            "INSERT INTO requests (request_id, status, webhook_url, input_path, rows, "
             "images_total, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 self._request_id,
-                RequestStatus.PENDING,
+                RequestStatus.PENDING,  # lifecycle.INITIAL
                 webhook_url,
                 input_path,
                 rows,
@@ -824,30 +849,3 @@ def _link_repeats(conn: sqlite3.Connection, request_id: str) -> None:
         " AND images.id <> firsts.first_id",
         (request_id, request_id),
     )
-
-
-def iter_image_outcomes_sync(
-    conn: sqlite3.Connection, request_id: str
-) -> Iterator[tuple[int, int, str | None, str | None]]:
-    """(row, position, output_url, error) of every image of a request, in input order."""
-    cur = conn.execute(
-        "SELECT row, position, output_url, error FROM images WHERE request_id = ? ORDER BY id",
-        (request_id,),
-    )
-    while batch := cur.fetchmany(INSERT_CHUNK):
-        yield from batch
-
-
-def request_input_sync(conn: sqlite3.Connection, request_id: str) -> tuple[str, int, int] | None:
-    """(input CSV path, rows, images) of a request."""
-    row = conn.execute(
-        "SELECT input_path, rows, images_total FROM requests WHERE requestId = ?", (request_id,)
-    ).fetchone()
-    return None if row is None else (str(row[0]), int(row[1]), int(row[2]))
-
-
-def input_path_sync(conn: sqlite3.Connection, request_id: str) -> str | None:
-    row = conn.execute(
-        "SELECT input_path FROM requests WHERE requestId = ?", (request_id,)
-    ).fetchone()
-    return None if row is None else str(row[0])

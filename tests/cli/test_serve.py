@@ -161,7 +161,7 @@ async def test_when_the_grace_is_over_in_flight_images_stay_pending(
     assert _image_states(service.db_path) == {"pending": IMAGES}
     with sqlite3.connect(service.db_path) as conn:
         status = conn.execute(
-            "SELECT status FROM requests WHERE requestId = ?", (request_id,)
+            "SELECT status FROM requests WHERE request_id = ?", (request_id,)
         ).fetchone()
     assert status == ("processing",)
     # Three workers: two downloads on the wire, one waiting for a connection.

@@ -116,7 +116,7 @@ async def test_deleting_a_finished_request_removes_it_and_its_files(
     assert (status, body) == (204, None)
     assert [path.exists() for path in files] == [False, False, False]
     db_path = service.settings.database.path
-    assert _rows(db_path, "requests", "requestId", request_id) == 0
+    assert _rows(db_path, "requests", "request_id", request_id) == 0
     assert _rows(db_path, "images", "request_id", request_id) == 0
     async with service.client.get(f"{service.url}/status/{request_id}") as resp:
         assert resp.status == 404

@@ -10,23 +10,24 @@ from typing import Any
 
 import pytest
 
+from csvcompress.jobs.lifecycle import Lifecycle
 from csvcompress.jobs.recorder import ResultRecorder
 from csvcompress.models import ImageJob, ImageResult
-from csvcompress.store import sqlite as db
-from csvcompress.store.sqlite import Database
+from csvcompress.store import sqlite
+from csvcompress.store.sqlite import SqliteStore
 
 REQUEST = "r" * 32
 
 
 @pytest.fixture
-async def database(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(tmp_path / "db.sqlite3")
+async def database(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    database = SqliteStore(tmp_path / "db.sqlite3")
     await database.open()
-    urls = [(n // 2, n % 2, f"https://example.com/{n}.jpg") for n in range(40)]
-    urls.append((20, 0, "https://example.com/0.jpg"))  # a repeat of the first URL
-    db.insert_request_sync(
-        database.path, request_id=REQUEST, input_path="in.csv", webhook_url=None, rows=21, urls=urls
-    )
+    with database.request_writer(REQUEST) as writer:
+        for row in range(20):
+            writer.add(row, [f"https://example.com/{2 * row + n}.jpg" for n in range(2)])
+        writer.add(20, ["https://example.com/0.jpg"])  # a repeat of the first URL
+        writer.finish(input_path="in.csv", webhook_url=None, rows=21)
     yield database
     await database.close()
 
@@ -35,27 +36,27 @@ def ok(n: int) -> ImageResult:
     return ImageResult(output_url=f"https://out/{n}.jpg", error=None, bytes_in=100, bytes_out=10)
 
 
-async def jobs(database: Database) -> list[ImageJob]:
-    return await database.pending_jobs(REQUEST, 0, 100)
+async def jobs(database: SqliteStore) -> list[ImageJob]:
+    return await database.pending_images(REQUEST, 0, 100)
 
 
 def count_batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     sizes: list[int] = []
-    real = db.record_images_sync
+    real = sqlite.record_results_blocking
 
     def spy(conn: sqlite3.Connection, results: Sequence[Any]) -> list[int]:
         sizes.append(len(results))
         return real(conn, results)
 
-    monkeypatch.setattr(db, "record_images_sync", spy)
+    monkeypatch.setattr(sqlite, "record_results_blocking", spy)
     return sizes
 
 
 async def test_results_arriving_together_are_written_in_one_transaction(
-    database: Database, monkeypatch: pytest.MonkeyPatch
+    database: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sizes = count_batches(monkeypatch)
-    recorder = ResultRecorder(database)
+    recorder = ResultRecorder(Lifecycle(database))
     await recorder.start()
     todo = await jobs(database)
     changed = await asyncio.gather(*(recorder.record(job, ok(job.id)) for job in todo))
@@ -71,8 +72,8 @@ async def test_results_arriving_together_are_written_in_one_transaction(
     assert record is not None and (record.bytes_in, record.bytes_out) == (4000, 400)
 
 
-async def test_close_writes_what_was_handed_over(database: Database) -> None:
-    recorder = ResultRecorder(database)
+async def test_close_writes_what_was_handed_over(database: SqliteStore) -> None:
+    recorder = ResultRecorder(Lifecycle(database))
     await recorder.start()
     todo = await jobs(database)
     waiting = [asyncio.create_task(recorder.record(job, ok(job.id))) for job in todo[:5]]
@@ -86,13 +87,13 @@ async def test_close_writes_what_was_handed_over(database: Database) -> None:
 
 
 async def test_a_failed_write_fails_the_waiting_workers_and_leaves_images_pending(
-    database: Database, monkeypatch: pytest.MonkeyPatch
+    database: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken(conn: sqlite3.Connection, results: Sequence[Any]) -> list[int]:
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(db, "record_images_sync", broken)
-    recorder = ResultRecorder(database)
+    monkeypatch.setattr(sqlite, "record_results_blocking", broken)
+    recorder = ResultRecorder(Lifecycle(database))
     await recorder.start()
     job = (await jobs(database))[1]
     with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
@@ -104,8 +105,8 @@ async def test_a_failed_write_fails_the_waiting_workers_and_leaves_images_pendin
     assert (await database.get_counts(REQUEST)).succeeded == 1
 
 
-async def test_a_result_is_recorded_once_even_if_handed_over_twice(database: Database) -> None:
-    recorder = ResultRecorder(database)
+async def test_a_result_is_recorded_once_even_if_handed_over_twice(database: SqliteStore) -> None:
+    recorder = ResultRecorder(Lifecycle(database))
     await recorder.start()
     job = (await jobs(database))[3]
     first, second = await asyncio.gather(
@@ -128,10 +129,10 @@ async def record_spaced(recorder: ResultRecorder, todo: list[ImageJob]) -> list[
 
 
 async def test_results_arriving_within_the_window_share_one_commit(
-    database: Database, monkeypatch: pytest.MonkeyPatch
+    database: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sizes = count_batches(monkeypatch)
-    recorder = ResultRecorder(database, window=2.0)
+    recorder = ResultRecorder(Lifecycle(database), window=2.0)
     await recorder.start()
 
     assert await record_spaced(recorder, (await jobs(database))[:6]) == [2, 1, 1, 1, 1, 1]
@@ -142,10 +143,10 @@ async def test_results_arriving_within_the_window_share_one_commit(
 
 
 async def test_without_a_window_results_spaced_apart_commit_separately(
-    database: Database, monkeypatch: pytest.MonkeyPatch
+    database: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sizes = count_batches(monkeypatch)
-    recorder = ResultRecorder(database, window=0)
+    recorder = ResultRecorder(Lifecycle(database), window=0)
     await recorder.start()
 
     assert await record_spaced(recorder, (await jobs(database))[:6]) == [2, 1, 1, 1, 1, 1]
@@ -155,8 +156,8 @@ async def test_without_a_window_results_spaced_apart_commit_separately(
     assert sum(sizes) == 6 and len(sizes) >= 3
 
 
-async def test_close_does_not_wait_out_the_window(database: Database) -> None:
-    recorder = ResultRecorder(database, window=30.0)
+async def test_close_does_not_wait_out_the_window(database: SqliteStore) -> None:
+    recorder = ResultRecorder(Lifecycle(database), window=30.0)
     await recorder.start()
     job = (await jobs(database))[2]
     waiting = asyncio.create_task(recorder.record(job, ok(job.id)))
