@@ -12,17 +12,25 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from csvcompress.models import ImageResult, ImageStatus
-from csvcompress.store.base import Store
+from csvcompress.models import ImageResult, ImageStatus, RequestStatus
 
 STAGES = ("download", "compress", "store")
 # Seconds; a download can take up to fetch.timeout, a compression a few seconds for 24 MP.
 STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # What a webhook delivery attempt can end as; the sender passes one of these.
 WEBHOOK_OUTCOMES = ("delivered", "failed", "retrying")
+
+
+class Figures(Protocol):
+    """Where the gauges read from at each scrape (the store, without importing it)."""
+
+    async def requests_by_status(self) -> dict[RequestStatus, int]: ...
+
+    async def queued_images(self) -> int: ...
 
 
 class Metrics:
@@ -116,9 +124,9 @@ class Metrics:
         """Called by the webhook sender once per delivery attempt."""
         self.webhook_deliveries.labels(outcome).inc()
 
-    async def render(self, database: Store) -> bytes:
+    async def render(self, figures: Figures) -> bytes:
         """The Prometheus text exposition, with the figures read from the store refreshed first."""
-        for status, count in (await database.requests_by_status()).items():
+        for status, count in (await figures.requests_by_status()).items():
             self.requests.labels(status.value).set(count)
-        self.queued_images.set(await database.queued_images())
+        self.queued_images.set(await figures.queued_images())
         return generate_latest(self.registry)
