@@ -16,6 +16,7 @@ Rows are read by column name (sqlite3.Row), never by position.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
@@ -25,7 +26,7 @@ from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequen
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, closing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiosqlite
 
@@ -51,6 +52,11 @@ from csvcompress.store.base import (
     RequestMove,
     StoreUnavailable,
 )
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +142,15 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
+# Named as the records' fields, so rows become records by name (see _record).
 _REQUEST_COLUMNS = (
-    "request_id, status, webhook_url, output_file_path, error, rows, created_at, updated_at, "
-    "bytes_in, bytes_out"
+    "request_id AS id, status, webhook_url, output_file_path, error, rows, created_at, "
+    "updated_at, bytes_in, bytes_out"
 )
-_COUNT_COLUMNS = "images_total, images_succeeded, images_failed, images_skipped"
+_COUNT_COLUMNS = (
+    "images_total AS total, images_succeeded AS succeeded, images_failed AS failed, "
+    "images_skipped AS skipped"
+)
 _DELIVERY_COLUMNS = "id, request_id, url, state, attempts, next_attempt_at, last_status, last_error"
 _IMAGE_COLUMNS = (
     "id, row, position, url, status, output_url, error, error_code, bytes_in, bytes_out"
@@ -192,56 +202,26 @@ def migrate_blocking(conn: sqlite3.Connection) -> int:
     return len(MIGRATIONS)
 
 
+def _record(cls: type[T], row: sqlite3.Row, **converted: Any) -> T:
+    """A record from a row: each field from the column of its name (see the *_COLUMNS aliases)."""
+    names = (f.name for f in dataclasses.fields(cls) if f.name not in converted)
+    return cls(**{name: row[name] for name in names}, **converted)
+
+
 def _request(row: sqlite3.Row) -> RequestRecord:
-    return RequestRecord(
-        id=row["request_id"],
-        status=RequestStatus(row["status"]),
-        webhook_url=row["webhook_url"],
-        output_file_path=row["output_file_path"],
-        error=row["error"],
-        rows=row["rows"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        bytes_in=row["bytes_in"],
-        bytes_out=row["bytes_out"],
-    )
+    return _record(RequestRecord, row, status=RequestStatus(row["status"]))
 
 
 def _counts(row: sqlite3.Row) -> ImageCounts:
-    return ImageCounts(
-        total=row["images_total"],
-        succeeded=row["images_succeeded"],
-        failed=row["images_failed"],
-        skipped=row["images_skipped"],
-    )
+    return _record(ImageCounts, row)
 
 
 def _delivery(row: sqlite3.Row) -> DeliveryRecord:
-    return DeliveryRecord(
-        id=row["id"],
-        request_id=row["request_id"],
-        url=row["url"],
-        state=DeliveryState(row["state"]),
-        attempts=row["attempts"],
-        next_attempt_at=row["next_attempt_at"],
-        last_status=row["last_status"],
-        last_error=row["last_error"],
-    )
+    return _record(DeliveryRecord, row, state=DeliveryState(row["state"]))
 
 
 def _image(row: sqlite3.Row) -> ImageRecord:
-    return ImageRecord(
-        id=row["id"],
-        row=row["row"],
-        position=row["position"],
-        url=row["url"],
-        status=ImageStatus(row["status"]),
-        output_url=row["output_url"],
-        error=row["error"],
-        error_code=row["error_code"],
-        bytes_in=row["bytes_in"],
-        bytes_out=row["bytes_out"],
-    )
+    return _record(ImageRecord, row, status=ImageStatus(row["status"]))
 
 
 class SqliteStore:
@@ -360,17 +340,17 @@ class SqliteStore:
     async def list_requests(
         self, *, status: RequestStatus | None, before: int | None, limit: int
     ) -> list[ListedRequest]:
-        where = ["id < ?"]
+        where = ["requests.id < ?"]
         params: list[int | str] = [before if before is not None else _NO_CURSOR]
         if status is not None:
             where.append("status = ?")
             params.append(status)
         rows = await self._rows(
-            f"SELECT id, {_COUNT_COLUMNS}, {_REQUEST_COLUMNS} FROM requests "
-            f"WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
+            f"SELECT id AS cursor, {_COUNT_COLUMNS}, {_REQUEST_COLUMNS} FROM requests "
+            f"WHERE {' AND '.join(where)} ORDER BY requests.id DESC LIMIT ?",
             (*params, limit),
         )
-        return [ListedRequest(row["id"], _request(row), _counts(row)) for row in rows]
+        return [ListedRequest(row["cursor"], _request(row), _counts(row)) for row in rows]
 
     async def unfinished_request_ids(self) -> list[str]:
         rows = await self._rows(
