@@ -41,8 +41,8 @@ from csvcompress.errors import AddressNotAllowed, ConfigError, Conflict, NotFoun
 from csvcompress.logs import add_secret
 from csvcompress.metrics import Metrics
 from csvcompress.models import DeliveryRecord, DeliveryState, RequestStatus
-from csvcompress.pipeline.fetcher import _find_refusal, parse_retry_after
-from csvcompress.pipeline.netguard import NetGuard, create_session
+from csvcompress.pipeline.fetcher import parse_retry_after
+from csvcompress.pipeline.netguard import NetGuard, create_session, find_refusal
 from csvcompress.store.sqlite import Database
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ def outcome_of_response(status: int, retry_after_header: str | None) -> Outcome:
 
 
 def outcome_of_error(exc: BaseException, timeout: float) -> Outcome:
-    refusal = _find_refusal(exc)
+    refusal = find_refusal(exc)
     if refusal is not None:
         return Outcome(None, refusal.message, final=True)
     if isinstance(exc, TimeoutError):

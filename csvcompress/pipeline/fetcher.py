@@ -28,13 +28,12 @@ from yarl import URL
 
 from csvcompress.config import FetchSettings
 from csvcompress.errors import (
-    AddressNotAllowed,
     FetchError,
     FetchRetryable,
     TooLarge,
     TooManyRedirects,
 )
-from csvcompress.pipeline.netguard import AddressRefusedError, GuardedConnector, NetGuard
+from csvcompress.pipeline.netguard import GuardedConnector, NetGuard, find_refusal
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +215,7 @@ def _check_status(resp: aiohttp.ClientResponse) -> None:
 
 def _translate(exc: aiohttp.ClientError) -> FetchError:
     """The FetchError a failed aiohttp request stands for."""
-    refusal = _find_refusal(exc)
+    refusal = find_refusal(exc)
     if refusal is not None:
         return refusal
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
@@ -240,24 +239,6 @@ def _describe(error: OSError) -> str:
     if error.errno:
         return os.strerror(error.errno)
     return error.strerror or str(error) or type(error).__name__
-
-
-def _find_refusal(exc: BaseException) -> AddressNotAllowed | None:
-    """The guard's refusal behind an aiohttp error, however aiohttp wrapped it."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, AddressNotAllowed):
-            # A fresh error: re-raising `current` "from" its own wrapper would chain in a loop.
-            return AddressNotAllowed(current.message)
-        if isinstance(current, AddressRefusedError):
-            return AddressNotAllowed(current.refusal.message)
-        if isinstance(current, aiohttp.ClientConnectorError):
-            current = current.os_error
-        else:
-            current = current.__cause__ or current.__context__
-    return None
 
 
 def _log_retry(state: RetryCallState) -> None:
