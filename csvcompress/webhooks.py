@@ -41,8 +41,8 @@ from csvcompress.errors import AddressNotAllowed, ConfigError, Conflict, NotFoun
 from csvcompress.logs import add_secret
 from csvcompress.metrics import Metrics
 from csvcompress.models import DeliveryRecord, DeliveryState, RequestStatus
-from csvcompress.pipeline.fetcher import parse_retry_after
 from csvcompress.pipeline.netguard import NetGuard, create_session, find_refusal
+from csvcompress.retry import parse_retry_after
 from csvcompress.store.sqlite import Database
 
 log = logging.getLogger(__name__)

@@ -40,7 +40,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 
 from csvcompress.config import CloudinarySettings
 from csvcompress.errors import ConfigError, StorageError, StorageFailed, StorageRejected
-from csvcompress.pipeline.fetcher import parse_retry_after
+from csvcompress.retry import parse_retry_after
 
 log = logging.getLogger(__name__)
 
