@@ -35,6 +35,7 @@ from pathlib import Path
 import aiohttp
 from standardwebhooks import Webhook
 
+from csvcompress.clock import now_iso
 from csvcompress.config import WEBHOOK_SECRET_PREFIX, Settings, webhook_secret_problem
 from csvcompress.documents import request_data
 from csvcompress.errors import AddressNotAllowed, ConfigError, Conflict, NotFound
@@ -301,7 +302,7 @@ class WebhookSender:
         event_type = EVENT_TYPES[record.status]
         payload = {
             "type": event_type,
-            "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            "timestamp": now_iso(),
             "data": request_data(record, counts, self._settings.server.base_url),
         }
         delivery_id = f"msg_{uuid.uuid4().hex}"
