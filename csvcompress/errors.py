@@ -18,6 +18,8 @@ class CsvCompressError(Exception):
     status: int = 500
     code: str = "internal"
     retryable: bool = False
+    # Seconds the other side asked to wait before another try (Retry-After), if it said.
+    retry_after: float | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

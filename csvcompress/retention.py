@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
+from csvcompress.clock import iso_days_before
 from csvcompress.config import Settings
 from csvcompress.errors import StorageError
 from csvcompress.jobs.dispatcher import Dispatcher
@@ -24,12 +25,6 @@ log = logging.getLogger(__name__)
 
 # Requests looked at per query during a sweep.
 SWEEP_BATCH = 100
-
-
-def iso_cutoff(now: datetime, days: int) -> str:
-    """The updated_at (as clock.now_iso writes it) before which a request is `days` old."""
-    cutoff = now.astimezone(UTC) - timedelta(days=days)
-    return cutoff.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Retention:
@@ -76,7 +71,8 @@ class Retention:
         """Remove every finished request last updated more than `days` before `now`."""
         if self._settings.days == 0:
             return 0
-        cutoff = iso_cutoff(now, self._settings.days)
+        # The updated_at before which a request is `days` old (timestamps sort in time order).
+        cutoff = iso_days_before(now, self._settings.days)
         removed = 0
         skipped: set[str] = set()
         while True:

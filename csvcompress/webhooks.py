@@ -35,14 +35,15 @@ from pathlib import Path
 import aiohttp
 from standardwebhooks import Webhook
 
+from csvcompress.clock import now_iso
 from csvcompress.config import WEBHOOK_SECRET_PREFIX, Settings, webhook_secret_problem
 from csvcompress.documents import request_data
 from csvcompress.errors import AddressNotAllowed, ConfigError, Conflict, NotFound
 from csvcompress.logs import add_secret
 from csvcompress.metrics import Metrics
 from csvcompress.models import DeliveryRecord, DeliveryState, RequestStatus
-from csvcompress.pipeline.fetcher import _find_refusal, parse_retry_after
-from csvcompress.pipeline.netguard import NetGuard, create_session
+from csvcompress.pipeline.netguard import NetGuard, create_session, find_refusal
+from csvcompress.retry import Backoff, parse_retry_after
 from csvcompress.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -190,7 +191,7 @@ def outcome_of_response(status: int, retry_after_header: str | None) -> Outcome:
 
 
 def outcome_of_error(exc: BaseException, timeout: float) -> Outcome:
-    refusal = _find_refusal(exc)
+    refusal = find_refusal(exc)
     if refusal is not None:
         return Outcome(None, refusal.message, final=True)
     if isinstance(exc, TimeoutError):
@@ -200,9 +201,10 @@ def outcome_of_error(exc: BaseException, timeout: float) -> Outcome:
     return Outcome(None, f"connection failed: {exc or type(exc).__name__}")
 
 
-def jittered(seconds: float, rng: random.Random) -> float:
-    """`seconds` give or take JITTER of it, so retries of many deliveries spread out."""
-    return seconds * rng.uniform(1 - JITTER, 1 + JITTER)
+def retry_policy(schedule: tuple[float, ...]) -> Backoff:
+    """`[webhook] retry_schedule` as a back-off: the wait before each attempt, give or
+    take JITTER of it, so retries of many deliveries spread out."""
+    return Backoff(schedule, jitter=JITTER)
 
 
 def plan_next(
@@ -212,14 +214,17 @@ def plan_next(
     now: float,
     rng: random.Random,
 ) -> tuple[DeliveryState, float | None]:
-    """The delivery's state after an attempt, and when to make the next one."""
+    """The delivery's state after an attempt, and when to make the next one.
+
+    The time is stored with the delivery (a restart resumes it), so this asks the
+    back-off for one wait rather than retrying in process.
+    """
     if outcome.delivered:
         return DeliveryState.DELIVERED, None
-    if outcome.final or attempts_made >= len(schedule):
+    policy = retry_policy(schedule)
+    if outcome.final or attempts_made >= policy.attempts:
         return DeliveryState.FAILED, None
-    wait = jittered(schedule[attempts_made], rng)
-    if outcome.retry_after is not None:
-        wait = max(wait, outcome.retry_after)
+    wait = policy.delay(attempts_made + 1, outcome.retry_after, rng=rng)
     return DeliveryState.PENDING, now + wait
 
 
@@ -297,7 +302,7 @@ class WebhookSender:
         event_type = EVENT_TYPES[record.status]
         payload = {
             "type": event_type,
-            "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            "timestamp": now_iso(),
             "data": request_data(record, counts, self._settings.server.base_url),
         }
         delivery_id = f"msg_{uuid.uuid4().hex}"
@@ -342,7 +347,7 @@ class WebhookSender:
         return fresh
 
     def _first_attempt_at(self) -> float:
-        return time.time() + jittered(self._schedule[0], self._rng)
+        return time.time() + retry_policy(self._schedule).delay(1, rng=self._rng)
 
     # --- the scheduler -------------------------------------------------------------
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from csvcompress.clock import iso_days_before
 from csvcompress.http.keys import SERVICE
-from csvcompress.retention import iso_cutoff
 from tests import images
 from tests.conftest import HookReceiver, Origin, Service, ServiceFactory, csv_bytes
 
@@ -24,7 +24,7 @@ def _count(db_path: str, table: str, column: str, request_id: str) -> int:
 
 def _age(db_path: str, request_id: str, days: int) -> None:
     """Make a request look as if it finished `days` days ago."""
-    stamp = iso_cutoff(datetime.now(UTC), days)
+    stamp = iso_days_before(datetime.now(UTC), days)
     with sqlite3.connect(db_path, timeout=30) as conn:
         conn.execute(
             "UPDATE requests SET created_at = ?, updated_at = ? WHERE request_id = ?",

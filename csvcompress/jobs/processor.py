@@ -14,12 +14,16 @@ from csvcompress.models import ImageJob, ImageResult
 from csvcompress.pipeline import imaging
 from csvcompress.pipeline.budget import ByteBudget
 from csvcompress.pipeline.fetcher import Fetcher
+from csvcompress.retry import Backoff
 from csvcompress.storage import BlockingPut, Storage
 
 log = logging.getLogger(__name__)
 
-# Tries for a storage write that failed in a way worth retrying.
+# Tries for a storage write that failed in a way worth retrying, and the wait before
+# the second (doubling for the next).
 STORE_ATTEMPTS = 3
+STORE_BACKOFF = 0.4
+STORE_RETRY = Backoff.exponential(STORE_ATTEMPTS, STORE_BACKOFF)
 
 
 @dataclass(frozen=True)
@@ -116,12 +120,8 @@ class Processor:
     async def _store(self, encoded: _Encoded) -> str:
         """Store with the backend's async put, after the tries made in the CPU thread."""
         image = encoded.image
-        for attempt in range(encoded.tried + 1, STORE_ATTEMPTS + 1):
-            if attempt > 1:
-                await asyncio.sleep(0.2 * 2 ** (attempt - 1))
-            try:
-                return await self._storage.put(encoded.key, image.data, image.content_type)
-            except StorageError as exc:
-                if not exc.retryable or attempt == STORE_ATTEMPTS:
-                    raise
-        raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
+
+        async def put() -> str:
+            return await self._storage.put(encoded.key, image.data, image.content_type)
+
+        return await STORE_RETRY.run(put, done=encoded.tried)

@@ -4,9 +4,9 @@ One download is one *attempt* of at most `fetch.timeout` seconds, covering
 every redirect hop and the whole body. Attempts that fail for a reason worth
 another try (connection errors, timeouts, HTTP 5xx and 429) are repeated up
 to `fetch.attempts` times in all, waiting `fetch.backoff` seconds, doubling
-each time, or as long as the origin's Retry-After asks if that is longer
-(capped at MAX_RETRY_AFTER). A download therefore gives up after at most
-about attempts x timeout plus the waits.
+each time up to MAX_BACKOFF, or as long as the origin's Retry-After asks if that
+is longer (capped at retry.MAX_RETRY_AFTER): the rule of csvcompress.retry. A
+download therefore gives up after at most about attempts x timeout plus the waits.
 
 Redirects are followed here, one hop at a time, so that each hop's host is
 checked against `fetch.allowed_hosts`; the address each hop connects to is
@@ -16,32 +16,30 @@ checked by the session's GuardedConnector (see netguard).
 from __future__ import annotations
 
 import asyncio
-import email.utils
+import functools
 import logging
 import os
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import aiohttp
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+from tenacity import RetryCallState
 from yarl import URL
 
 from csvcompress.config import FetchSettings
 from csvcompress.errors import (
-    AddressNotAllowed,
     FetchError,
     FetchRetryable,
     TooLarge,
     TooManyRedirects,
 )
-from csvcompress.pipeline.netguard import AddressRefusedError, GuardedConnector, NetGuard
+from csvcompress.pipeline.netguard import GuardedConnector, NetGuard, find_refusal
+from csvcompress.retry import Backoff, parse_retry_after
 
 log = logging.getLogger(__name__)
 
 ALLOWED_SCHEMES = frozenset({"http", "https"})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-# Longest wait a Retry-After header can ask for, and the longest back-off.
-MAX_RETRY_AFTER = 60.0
+# The longest back-off between attempts (a Retry-After may ask for longer).
 MAX_BACKOFF = 30.0
 ACCEPT = "image/*, */*;q=0.5"
 
@@ -71,35 +69,23 @@ class Fetcher:
             sock_read=settings.read_timeout,
         )
         self._slots = asyncio.Semaphore(settings.concurrency)
+        self._retry = Backoff.exponential(
+            settings.attempts, settings.backoff, max_delay=MAX_BACKOFF
+        )
 
     async def fetch(self, url: str) -> Fetched:
         """Download `url`, following redirects; raise a FetchError subclass on failure."""
-        attempts = self._settings.attempts
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(attempts),
-            wait=self._wait,
-            retry=retry_if_exception_type(FetchRetryable),
-            before_sleep=_log_retry,
-            reraise=True,
-        )
         try:
-            async for attempt in retrying:
-                with attempt:
-                    return await self._attempt(url)
+            return await self._retry.run(
+                functools.partial(self._attempt, url), before_sleep=_log_retry
+            )
         except FetchRetryable as exc:
+            attempts = self._retry.attempts
             if attempts == 1:
                 raise
             raise FetchRetryable(
                 f"{exc.message} (after {attempts} attempts)", exc.retry_after
             ) from exc
-        raise AssertionError("unreachable: tenacity neither returned nor raised")
-
-    def _wait(self, state: RetryCallState) -> float:
-        backoff = min(self._settings.backoff * 2.0 ** (state.attempt_number - 1), MAX_BACKOFF)
-        exc = state.outcome.exception() if state.outcome is not None else None
-        if isinstance(exc, FetchRetryable) and exc.retry_after is not None:
-            return max(backoff, exc.retry_after)
-        return backoff
 
     async def _attempt(self, url: str) -> Fetched:
         async with self._slots:
@@ -157,26 +143,6 @@ class Fetcher:
         return b"".join(chunks)
 
 
-def parse_retry_after(
-    value: str | None, now: datetime | None = None, *, cap: float = MAX_RETRY_AFTER
-) -> float | None:
-    """Seconds a Retry-After header asks to wait (delta-seconds or HTTP date), capped."""
-    if not value or not value.strip():
-        return None
-    text = value.strip()
-    if text.isascii() and text.isdigit():
-        seconds = float(text)
-    else:
-        try:
-            when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - (now or datetime.now(UTC))).total_seconds()
-    return min(max(seconds, 0.0), cap)
-
-
 def _parse_url(url: str) -> URL:
     try:
         parsed = URL(url)
@@ -216,7 +182,7 @@ def _check_status(resp: aiohttp.ClientResponse) -> None:
 
 def _translate(exc: aiohttp.ClientError) -> FetchError:
     """The FetchError a failed aiohttp request stands for."""
-    refusal = _find_refusal(exc)
+    refusal = find_refusal(exc)
     if refusal is not None:
         return refusal
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
@@ -240,24 +206,6 @@ def _describe(error: OSError) -> str:
     if error.errno:
         return os.strerror(error.errno)
     return error.strerror or str(error) or type(error).__name__
-
-
-def _find_refusal(exc: BaseException) -> AddressNotAllowed | None:
-    """The guard's refusal behind an aiohttp error, however aiohttp wrapped it."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, AddressNotAllowed):
-            # A fresh error: re-raising `current` "from" its own wrapper would chain in a loop.
-            return AddressNotAllowed(current.message)
-        if isinstance(current, AddressRefusedError):
-            return AddressNotAllowed(current.refusal.message)
-        if isinstance(current, aiohttp.ClientConnectorError):
-            current = current.os_error
-        else:
-            current = current.__cause__ or current.__context__
-    return None
 
 
 def _log_retry(state: RetryCallState) -> None:

@@ -96,7 +96,7 @@ class AddressRefusedError(PermissionError):
     """The guard refused an address at socket level (the last line of defence).
 
     An OSError, so that aiohttp and aiohappyeyeballs treat it as a failed
-    connection attempt; the fetcher turns it back into `refusal`.
+    connection attempt; `find_refusal` turns it back into `refusal`.
     """
 
     def __init__(self, refusal: AddressNotAllowed) -> None:
@@ -276,6 +276,28 @@ class GuardedConnector(aiohttp.TCPConnector):
         for entry in hosts:
             self.guard.check_address(entry["host"])
         return hosts
+
+
+def find_refusal(exc: BaseException) -> AddressNotAllowed | None:
+    """The guard's refusal behind a failed connection, however aiohttp wrapped it.
+
+    For every client of a guarded session (the fetcher, webhook deliveries): a refused
+    address must be reported as a refusal, not as a connection error worth retrying.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, AddressNotAllowed):
+            # A fresh error: re-raising `current` "from" its own wrapper would chain in a loop.
+            return AddressNotAllowed(current.message)
+        if isinstance(current, AddressRefusedError):
+            return AddressNotAllowed(current.refusal.message)
+        if isinstance(current, aiohttp.ClientConnectorError):
+            current = current.os_error
+        else:
+            current = current.__cause__ or current.__context__
+    return None
 
 
 def create_session(

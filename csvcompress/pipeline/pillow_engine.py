@@ -6,9 +6,9 @@ measures what libvips buys over that, in the same service. Pillow is then
 needed at run time; it comes with the `bench` (and `dev`) extra and is
 imported only when this engine is chosen.
 
-It shares the libvips engine's first steps (sniff the bytes, read the header,
-choose the output format, check the limits), so it refuses the same inputs
-before decoding a pixel. Then Pillow decodes (JPEG shrink-on-load when
+It runs the same first steps as the libvips engine (admission.ADMISSION: sniff
+the bytes, read the header, choose the output format, check the limits), so it
+refuses the same inputs before decoding a pixel. Then Pillow decodes (JPEG shrink-on-load when
 scaling), turns the image upright, converts to 8-bit RGB (RGBA where the
 output keeps alpha), resizes, and encodes with no metadata, at the same
 quality and Huffman-table setting. What it does not do, as a reference and
@@ -27,34 +27,31 @@ from PIL import Image, ImageOps
 
 from csvcompress.config import ImageSettings
 from csvcompress.errors import ImageRejected
-from csvcompress.pipeline import imaging
+from csvcompress.pipeline import admission
 
-# The checks shared with the libvips engine: nothing is decoded before they pass.
-_ADMISSION = (imaging.sniff, imaging.read_header, imaging.choose_format, imaging.check_limits)
 _PILLOW_OUTPUTS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
 _FALLBACK = "jpeg"
 _WHITE = (255, 255, 255)
-# EXIF orientations that swap width and height.
-_QUARTER_TURNS = frozenset({5, 6, 7, 8})
 
 
-def recompress(data: bytes, settings: ImageSettings) -> imaging.Compressed:
+def recompress(data: bytes, settings: ImageSettings) -> admission.Compressed:
     """Recompress one image with Pillow. Synchronous: call it from a thread pool."""
-    ctx = imaging.Context(data=data, settings=settings)
-    for step in _ADMISSION:
+    ctx = admission.Context(data=data, settings=settings)
+    # The checks shared with the libvips engine: nothing is decoded before they pass.
+    for step in admission.ADMISSION:
         try:
             step(ctx)
         except pyvips.Error as exc:
-            raise ImageRejected(f"{imaging.REASON_CORRUPT}: {exc}") from exc
+            raise ImageRejected(f"{admission.REASON_CORRUPT}: {exc}") from exc
     fmt = ctx.target_format if ctx.target_format in _PILLOW_OUTPUTS else _FALLBACK
     try:
-        with imaging.PIXELS.hold(imaging.pixels(ctx)):
+        with admission.PIXELS.hold(admission.pixels(ctx)):
             image = _decode(ctx)
             encoded = _encode(image, fmt, settings)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageRejected(f"{imaging.REASON_CORRUPT}: {exc}") from exc
-    content_type, extension = imaging.MEDIA[fmt]
-    return imaging.Compressed(
+        raise ImageRejected(f"{admission.REASON_CORRUPT}: {exc}") from exc
+    content_type, extension = admission.MEDIA[fmt]
+    return admission.Compressed(
         data=encoded,
         format=fmt,
         content_type=content_type,
@@ -66,11 +63,11 @@ def recompress(data: bytes, settings: ImageSettings) -> imaging.Compressed:
     )
 
 
-def _decode(ctx: imaging.Context) -> Image.Image:
+def _decode(ctx: admission.Context) -> Image.Image:
     scale = ctx.settings.scale
     # The size wanted as stored (the header's, before rotation), then upright.
     stored = (max(1, round(ctx.width * scale)), max(1, round(ctx.height * scale)))
-    upright = (stored[1], stored[0]) if ctx.orientation in _QUARTER_TURNS else stored
+    upright = (stored[1], stored[0]) if ctx.orientation in admission.QUARTER_TURNS else stored
     with warnings.catch_warnings():
         # The pixel limit was checked from the header already, with our own limit.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -94,7 +91,7 @@ def _encode(image: Image.Image, fmt: str, settings: ImageSettings) -> bytes:
         options = {"optimize": True}
     else:
         image = image.convert("RGBA" if image.has_transparency_data else "RGB")
-        options["method"] = imaging.WEBP_EFFORT
+        options["method"] = admission.WEBP_EFFORT
     buffer = io.BytesIO()
     image.save(buffer, _PILLOW_OUTPUTS[fmt], **options)
     return buffer.getvalue()

@@ -36,11 +36,11 @@ from typing import Any
 
 import aiohttp
 import certifi
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+from tenacity import RetryCallState
 
 from csvcompress.config import CloudinarySettings
 from csvcompress.errors import ConfigError, StorageError, StorageFailed, StorageRejected
-from csvcompress.pipeline.fetcher import parse_retry_after
+from csvcompress.retry import Backoff, parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def resolve_credentials(settings: CloudinarySettings) -> Credentials:
 
 
 class _Transient(StorageError):
-    """A failure worth another try: connection error, timeout, 5xx, rate limit."""
+    """A failure worth another try here: connection error, timeout, 5xx, rate limit."""
 
     retryable = True
 
@@ -146,6 +146,9 @@ class CloudinaryStorage:
         self._sign: Callable[[JsonObject, JsonObject], JsonObject] = sign_request
         self._folder = settings.folder.strip("/")
         self._slots = asyncio.Semaphore(settings.concurrency)
+        self._retry = Backoff.exponential(
+            settings.attempts, settings.backoff, max_delay=MAX_BACKOFF
+        )
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -239,40 +242,32 @@ class CloudinaryStorage:
         return {"Authorization": f"Basic {base64.b64encode(pair.encode()).decode('ascii')}"}
 
     async def _retrying(self, what: str, call: Callable[[], Awaitable[JsonObject]]) -> JsonObject:
-        attempts = self._settings.attempts
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(attempts),
-            wait=self._wait,
-            retry=retry_if_exception_type(_Transient),
-            before_sleep=lambda state: _log_retry(what, state),
-            reraise=True,
-        )
+        self._started()  # before trying: not being started is no reason to try again
+
+        async def in_slot() -> JsonObject:
+            async with self._slots:
+                return await call()
+
         try:
-            async for attempt in retrying:
-                with attempt:
-                    async with self._slots:
-                        return await call()
+            return await self._retry.run(in_slot, before_sleep=functools.partial(_log_retry, what))
         except _Transient as exc:
+            attempts = self._retry.attempts
             tries = f" (after {attempts} attempts)" if attempts > 1 else ""
             # Retried enough here: the caller should not start over.
             raise StorageFailed(f"{exc.message}{tries}") from exc
-        raise AssertionError("unreachable: tenacity neither returned nor raised")
 
-    def _wait(self, state: RetryCallState) -> float:
-        backoff = min(self._settings.backoff * 2.0 ** (state.attempt_number - 1), MAX_BACKOFF)
-        exc = state.outcome.exception() if state.outcome is not None else None
-        if isinstance(exc, _Transient) and exc.retry_after is not None:
-            return max(backoff, exc.retry_after)
-        return backoff
-
-    async def _send(self, method: str, url: str, **kwargs: Any) -> JsonObject:
+    def _started(self) -> aiohttp.ClientSession:
         if self._session is None:
             raise StorageError("Cloudinary storage is not started")
+        return self._session
+
+    async def _send(self, method: str, url: str, **kwargs: Any) -> JsonObject:
+        session = self._started()
         timeout = self._settings.timeout
         try:
             async with (
                 asyncio.timeout(timeout),
-                self._session.request(method, url, **kwargs) as resp,
+                session.request(method, url, **kwargs) as resp,
             ):
                 body = await resp.read()
                 return _answer(resp.status, resp.headers.get("Retry-After"), body)

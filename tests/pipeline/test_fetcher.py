@@ -10,8 +10,6 @@ import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime, timedelta
-from email.utils import format_datetime
 from typing import Any
 
 import aiohttp
@@ -27,13 +25,7 @@ from csvcompress.errors import (
     TooLarge,
     TooManyRedirects,
 )
-from csvcompress.pipeline.fetcher import (
-    MAX_RETRY_AFTER,
-    Fetched,
-    Fetcher,
-    _translate,
-    parse_retry_after,
-)
+from csvcompress.pipeline.fetcher import Fetched, Fetcher, _translate
 from csvcompress.pipeline.netguard import NetGuard, create_session, guarded_socket_factory
 from tests.conftest import MakeListener
 
@@ -507,26 +499,6 @@ async def test_fetcher_needs_a_guarded_session() -> None:
     async with aiohttp.ClientSession() as session:
         with pytest.raises(TypeError):
             Fetcher(LOCAL, session)
-
-
-# --- Retry-After parsing -------------------------------------------------------------------
-
-
-def test_parse_retry_after() -> None:
-    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
-    assert parse_retry_after(None) is None
-    assert parse_retry_after("") is None
-    assert parse_retry_after("soon") is None
-    assert parse_retry_after("-5") is None
-    assert parse_retry_after("0") == 0
-    assert parse_retry_after(" 7 ") == 7
-    assert parse_retry_after("3600") == MAX_RETRY_AFTER
-    later = format_datetime(now + timedelta(seconds=30), usegmt=True)
-    assert parse_retry_after(later, now=now) == 30
-    earlier = format_datetime(now - timedelta(seconds=30), usegmt=True)
-    assert parse_retry_after(earlier, now=now) == 0
-    far = format_datetime(now + timedelta(days=1), usegmt=True)
-    assert parse_retry_after(far, now=now) == MAX_RETRY_AFTER
 
 
 # --- refusals wrapped by aiohttp --------------------------------------------------------------

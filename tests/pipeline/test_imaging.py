@@ -313,6 +313,13 @@ def test_transparency_is_flattened_onto_white_for_jpeg() -> None:
     assert close(tuple(image.getpoint(0, 0)), (255, 255, 255), 3)  # transparent corner
 
 
+@pytest.mark.parametrize("target", sorted(imaging.MEDIA))
+def test_every_output_format_admission_may_choose_has_an_encoder(target: str) -> None:
+    result = run(images.png_rgba(), format=target)
+    assert result.format == target
+    decode(result)
+
+
 @pytest.mark.parametrize("target", ["png", "webp", "avif"])
 def test_transparency_is_kept_where_the_format_has_it(target: str) -> None:
     image = decode(run(images.png_rgba(), format=target))

@@ -29,6 +29,7 @@ from csvcompress.pipeline.netguard import (
     check_destination,
     create_session,
     embedded_ipv4,
+    find_refusal,
     guarded_socket_factory,
     legacy_ipv4,
 )
@@ -512,6 +513,24 @@ async def test_pin_socket_factory_refuses_with_a_plain_connector(
 async def test_guarded_connector_keeps_its_socket_factory() -> None:
     with pytest.raises(TypeError):
         GuardedConnector(DEFAULT_GUARD, socket_factory=lambda info: socket.socket())
+
+
+# --- reading a refusal back ----------------------------------------------------------------
+
+
+def test_find_refusal_reads_through_aiohttp_wrappers() -> None:
+    refused = AddressRefusedError(AddressNotAllowed("address not allowed: 10.0.0.5"))
+    wrapped = aiohttp.ClientConnectionError("cannot connect")
+    wrapped.__context__ = refused
+    found = find_refusal(wrapped)
+    assert type(found) is AddressNotAllowed and found.message == "address not allowed: 10.0.0.5"
+
+
+def test_find_refusal_is_none_for_other_errors_even_in_a_loop() -> None:
+    first = aiohttp.ClientConnectionError("reset")
+    second = OSError("broken pipe")
+    first.__cause__, second.__cause__ = second, first
+    assert find_refusal(first) is None
 
 
 # --- create_session ------------------------------------------------------------------------

@@ -8,6 +8,8 @@ metadata, and the same refusals before decoding.
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -74,3 +76,17 @@ def test_refusals_are_the_same_as_the_libvips_engine(data: bytes, reason: str) -
 def test_pixel_limit_is_checked_before_decoding() -> None:
     with pytest.raises(ImageRejected, match="image too large: 800x600 pixels"):
         run(images.photo_jpeg(800, 600), max_pixels=1000)
+
+
+@pytest.mark.parametrize(
+    ("imported", "absent"),
+    [
+        # Both engines build on admission; the Pillow engine does not import the libvips one.
+        ("csvcompress.pipeline.pillow_engine", "csvcompress.pipeline.imaging"),
+        # Pillow is a benchmark-only dependency, imported when the engine is chosen.
+        ("csvcompress.app", "PIL"),
+    ],
+)
+def test_what_an_import_does_not_bring_in(imported: str, absent: str) -> None:
+    probe = f"import sys, {imported}; assert {absent!r} not in sys.modules"
+    subprocess.run([sys.executable, "-c", probe], check=True, timeout=30)

@@ -1,0 +1,176 @@
+"""retry: the back-off rule, Retry-After, and what is tried again."""
+
+from __future__ import annotations
+
+import random
+import time
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import pytest
+from tenacity import RetryCallState
+
+from csvcompress.errors import (
+    FetchError,
+    FetchRetryable,
+    ImageRejected,
+    StorageError,
+    StorageFailed,
+)
+from csvcompress.retry import MAX_RETRY_AFTER, Backoff, is_retryable, parse_retry_after
+
+# --- Retry-After ---------------------------------------------------------------------------
+
+
+def test_parse_retry_after() -> None:
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("") is None
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after("-5") is None
+    assert parse_retry_after("0") == 0
+    assert parse_retry_after(" 7 ") == 7
+    assert parse_retry_after("3600") == MAX_RETRY_AFTER
+    later = format_datetime(now + timedelta(seconds=30), usegmt=True)
+    assert parse_retry_after(later, now=now) == 30
+    earlier = format_datetime(now - timedelta(seconds=30), usegmt=True)
+    assert parse_retry_after(earlier, now=now) == 0
+    far = format_datetime(now + timedelta(days=1), usegmt=True)
+    assert parse_retry_after(far, now=now) == MAX_RETRY_AFTER
+
+
+def test_parse_retry_after_takes_the_callers_cap() -> None:
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    assert parse_retry_after("120", cap=3600) == 120
+    assert parse_retry_after("86400", cap=3600) == 3600
+    # An HTTP date without a zone is read as UTC.
+    naive = (now + timedelta(seconds=90)).strftime("%a, %d %b %Y %H:%M:%S")
+    assert parse_retry_after(naive, now=now, cap=3600) == 90
+
+
+# --- the policy ----------------------------------------------------------------------------
+
+
+def test_exponential_doubles_from_initial_and_is_capped() -> None:
+    assert Backoff.exponential(1, 0.5).waits == (0.0,)
+    assert Backoff.exponential(5, 0.5).waits == (0.0, 0.5, 1.0, 2.0, 4.0)
+    assert Backoff.exponential(6, 10, max_delay=30).waits == (0.0, 10, 20, 30, 30, 30)
+    assert Backoff.exponential(4, 1, multiplier=3).waits == (0.0, 1, 3, 9)
+    # Many attempts do not overflow: the wait stops growing at the cap.
+    assert Backoff.exponential(2000, 0.5, max_delay=30).waits[-1] == 30
+
+
+def test_delay_is_the_wait_before_each_attempt() -> None:
+    policy = Backoff.exponential(4, 0.2)
+    assert [policy.delay(n) for n in range(1, 5)] == [0.0, 0.2, 0.4, 0.8]
+    assert policy.attempts == 4
+    with pytest.raises(ValueError):
+        policy.delay(0)
+    with pytest.raises(ValueError):
+        policy.delay(5)
+
+
+def test_retry_after_lengthens_a_wait_but_never_shortens_it() -> None:
+    policy = Backoff((0.0, 5.0, 300.0))
+    assert policy.delay(2, retry_after=60) == 60
+    assert policy.delay(3, retry_after=60) == 300
+    assert policy.delay(2, retry_after=0) == 5
+    assert policy.delay(1, retry_after=None) == 0
+
+
+def test_jitter_spreads_each_wait_within_its_fraction() -> None:
+    policy = Backoff((0.0, 10.0), jitter=0.1)
+    rng = random.Random(1)
+    waits = [policy.delay(2, rng=rng) for _ in range(200)]
+    assert 9.0 <= min(waits) < 9.5 and 10.5 < max(waits) <= 11.0
+    assert policy.delay(1, rng=rng) == 0  # no wait stays no wait
+    assert policy.delay(2, retry_after=3600, rng=rng) == 3600
+
+
+def test_a_policy_that_makes_no_sense_is_refused() -> None:
+    with pytest.raises(ValueError):
+        Backoff(())
+    with pytest.raises(ValueError):
+        Backoff((0.0, -1.0))
+    with pytest.raises(ValueError):
+        Backoff((0.0,), jitter=1.0)
+    with pytest.raises(ValueError):
+        Backoff.exponential(0, 1.0)
+    with pytest.raises(ValueError):
+        Backoff.exponential(3, 1.0).retrying(done=3)
+
+
+# --- what is tried again -------------------------------------------------------------------
+
+
+def test_the_error_hierarchy_says_what_is_retryable() -> None:
+    assert is_retryable(FetchRetryable("HTTP 503"))
+    assert is_retryable(StorageError("disk busy"))
+    assert not is_retryable(FetchError("HTTP 404"))
+    assert not is_retryable(StorageFailed("refused"))
+    assert not is_retryable(ImageRejected("not an image"))
+    assert not is_retryable(ValueError("a bug"))
+
+
+class Script:
+    """A call that raises the scripted errors in turn, then answers "done"."""
+
+    def __init__(self, *errors: BaseException) -> None:
+        self.errors = list(errors)
+        self.calls = 0
+        self.waits: list[float] = []
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return "done"
+
+    def before_sleep(self, state: RetryCallState) -> None:
+        assert state.next_action is not None
+        self.waits.append(state.next_action.sleep)
+
+
+async def test_run_retries_with_the_policys_waits_until_it_succeeds() -> None:
+    script = Script(StorageError("busy"), StorageError("busy"))
+    policy = Backoff.exponential(3, 0.01)
+    assert await policy.run(script, before_sleep=script.before_sleep) == "done"
+    assert script.calls == 3
+    assert script.waits == [0.01, 0.02]
+
+
+async def test_run_waits_as_long_as_the_error_says_the_other_side_asked() -> None:
+    script = Script(FetchRetryable("HTTP 429", retry_after=0.05))
+    policy = Backoff.exponential(2, 0.0)
+    assert await policy.run(script, before_sleep=script.before_sleep) == "done"
+    assert script.waits == [0.05]
+
+
+async def test_run_re_raises_the_last_error_once_the_attempts_run_out() -> None:
+    last = StorageError("still busy")
+    script = Script(StorageError("busy"), StorageError("busy"), last)
+    with pytest.raises(StorageError) as info:
+        await Backoff.exponential(3, 0.0).run(script)
+    assert info.value is last
+    assert script.calls == 3
+
+
+@pytest.mark.parametrize("error", [StorageFailed("refused"), FetchError("HTTP 404"), KeyError(1)])
+async def test_an_error_that_is_not_retryable_is_not_retried(error: BaseException) -> None:
+    script = Script(error)
+    with pytest.raises(type(error)) as info:
+        await Backoff.exponential(5, 0.0).run(script)
+    assert info.value is error
+    assert script.calls == 1
+
+
+async def test_run_after_attempts_made_elsewhere_waits_first_and_makes_the_rest() -> None:
+    script = Script(StorageError("busy"), StorageError("busy"), StorageError("busy"))
+    policy = Backoff.exponential(3, 0.1)
+    started = time.monotonic()
+    with pytest.raises(StorageError):
+        await policy.run(script, done=1, before_sleep=script.before_sleep)
+    # Attempt 2 after 0.1 s, attempt 3 after 0.2 s more; attempt 1 was made elsewhere.
+    assert script.calls == 2
+    assert script.waits == [0.2]
+    assert time.monotonic() - started >= 0.29  # the loop may wake a hair early
