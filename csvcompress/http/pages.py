@@ -59,10 +59,3 @@ async def asset(request: web.Request) -> web.FileResponse:
         path,
         headers={"Content-Type": f"{content_type}; charset=utf-8", "Cache-Control": "no-cache"},
     )
-
-
-def setup_page_routes(app: web.Application) -> None:
-    app.router.add_get("/", index_page, name="index-page")
-    # Registered without data: the auth check must let this page through, like "/".
-    app.router.add_get("/requests/{request_id}", request_page, name="request-page")
-    app.router.add_get("/static/{name}", asset, name="static")
