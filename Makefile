@@ -37,7 +37,7 @@ test: lint typecheck
 
 # Refresh the README's screenshots (docs/*.png) from the browser test; needs /usr/bin/chromium.
 screenshots: $(STAMP)
-	CSVCOMPRESS_SCREENSHOTS=1 $(BIN)/pytest -q tests/test_browser.py
+	CSVCOMPRESS_SCREENSHOTS=1 $(BIN)/pytest -q tests/http/test_browser.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -10,7 +10,8 @@ from aiohttp import web
 
 from csvcompress.config import Settings
 from csvcompress.http.keys import SERVICE, SETTINGS, Service
-from csvcompress.http.web import setup_routes
+from csvcompress.http.middleware import middlewares
+from csvcompress.http.routes import add_routes
 from csvcompress.jobs.dispatcher import InProcessDispatcher
 from csvcompress.jobs.lifecycle import Lifecycle
 from csvcompress.jobs.output import Finisher
@@ -68,8 +69,8 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[], client_max_size=1024 * 1024)
+    app = web.Application(middlewares=middlewares(settings.server), client_max_size=1024 * 1024)
     app[SETTINGS] = settings
-    setup_routes(app, settings)
+    add_routes(app)
     app.cleanup_ctx.append(_service_ctx)
     return app

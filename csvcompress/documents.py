@@ -1,17 +1,22 @@
 """The JSON documents the API answers with and webhooks carry, and the URLs in them.
 
-One place builds them, so /status and the webhook payload never disagree.
+One place builds every JSON body the service sends (errors aside: those come from
+`errors`), so /status, the listing and the webhook payload never disagree, and a
+field added here is added everywhere (and must be described in http/openapi.py).
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Sequence
 from typing import Any
 
+from csvcompress.clock import iso_from_unix
 from csvcompress.models import (
+    FINISHED_STATUSES,
     DeliveryRecord,
     DeliveryState,
     ImageCounts,
+    ImageRecord,
     RequestRecord,
     RequestStatus,
 )
@@ -43,22 +48,15 @@ def delivery_document(delivery: DeliveryRecord | None) -> dict[str, Any] | None:
         "attempts": delivery.attempts,
         "last_status": delivery.last_status,
         "last_error": delivery.last_error,
-        "next_attempt_at": None if next_at is None else iso_time(next_at),
+        "next_attempt_at": None if next_at is None else iso_from_unix(next_at),
     }
-
-
-def iso_time(unix_seconds: float) -> str:
-    """1764090000.5 -> "2025-11-25T17:00:00.500Z"."""
-    when = datetime.fromtimestamp(unix_seconds, UTC)
-    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def request_data(record: RequestRecord, counts: ImageCounts, base_url: str) -> dict[str, Any]:
     """What both /status and a webhook say about a request."""
-    done = (
-        record.status in (RequestStatus.COMPLETE, RequestStatus.CANCELLED)
-        and record.output_file_path
-    )
+    # A failed request has no output CSV; a retried one keeps its old path until it
+    # finishes again, so the URL is given only once the request is finished.
+    done = record.status in FINISHED_STATUSES and record.output_file_path
     data: dict[str, Any] = {
         "request_id": record.id,
         "status": record.status.value,
@@ -90,3 +88,72 @@ def status_document(
         # The webhook is sent once the request finishes; until then it is waiting.
         doc["webhook"] = {"url": record.webhook_url, "state": "waiting", "attempts": 0}
     return doc
+
+
+def request_list_document(
+    page: Sequence[tuple[RequestRecord, ImageCounts]], next_cursor: str | None, base_url: str
+) -> dict[str, Any]:
+    """A page of GET /requests: each request as /status tells it, with its status URL."""
+    return {
+        "requests": [
+            {
+                **request_data(record, counts, base_url),
+                "status_url": status_url(base_url, record.id),
+            }
+            for record, counts in page
+        ],
+        "next_cursor": next_cursor,
+    }
+
+
+def image_document(image: ImageRecord) -> dict[str, Any]:
+    """One image of a request, `row` and `position` 1-based as people count."""
+    return {
+        "row": image.row + 1,
+        "position": image.position + 1,
+        "url": image.url,
+        "status": image.status.value,
+        "output_url": image.output_url,
+        "bytes": {"input": image.bytes_in, "output": image.bytes_out},
+        "error": image.error,
+        "error_code": image.error_code,
+    }
+
+
+def image_page_document(
+    request_id: str, images: Sequence[ImageRecord], next_cursor: str | None
+) -> dict[str, Any]:
+    """A page of GET /requests/{id}/images."""
+    return {
+        "request_id": request_id,
+        "images": [image_document(image) for image in images],
+        "next_cursor": next_cursor,
+    }
+
+
+def upload_accepted_document(
+    request_id: str, rows: int, images: int, base_url: str
+) -> dict[str, Any]:
+    """The 202 of POST /upload; its `status_url` is also the Location header."""
+    return {
+        "request_id": request_id,
+        "status": RequestStatus.PENDING.value,
+        "status_url": status_url(base_url, request_id),
+        "rows": rows,
+        "images": images,
+    }
+
+
+def retry_accepted_document(request_id: str, images: int, base_url: str) -> dict[str, Any]:
+    """The 202 of POST /requests/{id}/retry; `images` is how many went back in the queue."""
+    return {
+        "request_id": request_id,
+        "status": RequestStatus.PENDING.value,
+        "status_url": status_url(base_url, request_id),
+        "images": images,
+    }
+
+
+def health_document(status: str, checks: dict[str, str]) -> dict[str, Any]:
+    """GET /healthz: "ok", "unhealthy" or "stopping", and what each check found."""
+    return {"status": status, "checks": checks}

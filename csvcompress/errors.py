@@ -1,7 +1,9 @@
 """One small error hierarchy.
 
 Every error carries the message a user may see and, for errors that reach
-the HTTP layer, the status to answer with. Errors raised while processing one
+the HTTP layer, the status to answer with, its JSON body (`to_json`) and the
+headers that go with it (`headers`: a challenge on 401, Retry-After on 503), so
+every error answer is built from here. Errors raised while processing one
 image also say whether trying again could help (`retryable`) and carry a short
 machine-readable `code` that metrics and the status document group by.
 """
@@ -27,6 +29,11 @@ class CsvCompressError(Exception):
 
     def to_json(self) -> dict[str, Any]:
         return {"error": self.message}
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Headers the HTTP answer carries besides the JSON body."""
+        return {}
 
 
 # --- start-up -----------------------------------------------------------------
@@ -72,8 +79,15 @@ class CsvInvalid(BadRequest):
 
 
 class Unauthorized(CsvCompressError):
+    """The API key is missing or wrong; the answer names the scheme to use (RFC 6750)."""
+
     status = 401
     code = "unauthorized"
+    CHALLENGE = 'Bearer realm="csvcompress"'
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": self.CHALLENGE}
 
 
 class NotFound(CsvCompressError):
@@ -92,8 +106,44 @@ class PayloadTooLarge(CsvCompressError):
 
 
 class ServiceUnavailable(CsvCompressError):
+    """Not now; `retry_after` (seconds), when known, is sent as Retry-After."""
+
     status = 503
     code = "unavailable"
+
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+
+
+class ShuttingDown(ServiceUnavailable):
+    """The service is stopping and takes no new work."""
+
+    def __init__(self, retry_after: int | None = None) -> None:
+        super().__init__("the service is shutting down; try again shortly", retry_after)
+
+
+class HTTPRefused(CsvCompressError):
+    """An answer aiohttp itself decided (no such route: 404, wrong method: 405, a body
+    over client_max_size: 413), given as JSON like every other error.
+
+    `headers` keeps only what means something to the client (Allow on a 405).
+    """
+
+    code = "http"
+
+    def __init__(self, status: int, reason: str, headers: dict[str, str]) -> None:
+        super().__init__(reason)
+        self.status = status
+        self._headers = headers
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self._headers
 
 
 # --- processing one image -----------------------------------------------------

@@ -23,14 +23,13 @@ import aiofiles
 import aiohttp
 
 from csvcompress.errors import Problem
+from csvcompress.models import UNFINISHED_STATUSES
 
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 120.0
 DOWNLOAD_CHUNK = 256 * 1024
 UNREACHABLE_PATIENCE = 60.0
 """Seconds `wait` keeps polling a service that stopped answering."""
-# Any other state is final: complete, failed, and states added later (cancelled).
-RUNNING = frozenset({"pending", "processing"})
 
 
 class ClientError(Exception):
@@ -52,7 +51,8 @@ def problem_line(problem: Problem) -> str:
 
 
 def is_finished(doc: dict[str, Any]) -> bool:
-    return str(doc.get("status")) not in RUNNING
+    """Any state the service does not call unfinished is final, including ones added later."""
+    return str(doc.get("status")) not in UNFINISHED_STATUSES
 
 
 class Client:

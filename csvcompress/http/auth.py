@@ -24,6 +24,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from csvcompress.config import ServerSettings
+from csvcompress.errors import Unauthorized
 
 # Path templates (as routes are declared) that need the key, with everything below them.
 PROTECTED_PREFIXES = ("/upload", "/status", "/requests")
@@ -63,7 +64,7 @@ def key_matches(authorization: str | None, api_key: str) -> bool:
 
 
 def api_key_middleware(settings: ServerSettings) -> Middleware | None:
-    """The middleware that asks for the key, or None when no key is set."""
+    """The middleware that asks for the key (401 without it), or None when no key is set."""
     api_key = settings.api_key
     if not api_key:
         return None
@@ -75,17 +76,6 @@ def api_key_middleware(settings: ServerSettings) -> Middleware | None:
             return await handler(request)
         if key_matches(request.headers.get("Authorization"), api_key):
             return await handler(request)
-        return web.json_response(
-            {"error": UNAUTHORIZED_MESSAGE},
-            status=401,
-            headers={"WWW-Authenticate": 'Bearer realm="csvcompress"'},
-        )
+        raise Unauthorized(UNAUTHORIZED_MESSAGE)
 
     return require_api_key
-
-
-def setup_api_key(app: web.Application, settings: ServerSettings) -> None:
-    """Register the API key check when `[server] api_key` is set."""
-    middleware = api_key_middleware(settings)
-    if middleware is not None:
-        app.middlewares.append(middleware)

@@ -1,8 +1,8 @@
 """The OpenAPI 3.1 description of the HTTP API, served at GET /openapi.json.
 
 Built from plain dicts: SCHEMAS holds every payload, PATHS every route, one entry each.
-A route added elsewhere gets its entry here (tests/test_openapi.py fails on a route the
-document does not describe, and checks live responses against these schemas).
+A route added to routes.ROUTES gets its entry here (tests/http/test_openapi.py fails on a
+route the document does not describe, and checks live responses against these schemas).
 Objects are closed (`additionalProperties: false`) so a field added to a payload
 without being described here fails that test too.
 """
@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiohttp import web
+
+from csvcompress.http.keys import SERVICE
+from csvcompress.http.requests import IMAGES_PAGE, REQUESTS_PAGE
 from csvcompress.models import DeliveryState, ImageStatus, RequestStatus
 
 OPENAPI_VERSION = "3.1.0"
@@ -309,7 +313,7 @@ PATHS: dict[str, dict[str, Any]] = {
                     {"type": "string", "enum": [s.value for s in RequestStatus]},
                     "Only requests in this state.",
                 ),
-                _limit(20, 100),
+                _limit(*REQUESTS_PAGE),
                 _CURSOR_PARAM,
             ],
             "responses": {
@@ -324,7 +328,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "tags": ["requests"],
             "operationId": "listImages",
             "summary": "A request's images in input order, with results",
-            "parameters": [_limit(100, 1000), _CURSOR_PARAM],
+            "parameters": [_limit(*IMAGES_PAGE), _CURSOR_PARAM],
             "responses": {
                 "200": _json(_ref("ImagePage"), "A page of images."),
                 "400": _error("A bad limit or cursor."),
@@ -426,3 +430,8 @@ def document(base_url: str) -> dict[str, Any]:
             },
         },
     }
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    base = request.app[SERVICE].settings.server.base_url
+    return web.json_response(document(base))

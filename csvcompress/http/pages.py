@@ -2,16 +2,22 @@
 
 The pages hold no data: their scripts read it from the JSON API (sending the API key
 the user typed in, if any), so a page URL can be shared without sharing anything.
+
+What the scripts must know of the server's own rules (which states are not final yet)
+they import from /static/statuses.js, which the server writes from `models`: the
+scripts hold no copy of it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 from aiohttp import web
 
 from csvcompress.errors import NotFound
+from csvcompress.models import UNFINISHED_STATUSES
 
 STATIC_DIR = Path(__file__).parent.parent / "static"
 
@@ -34,6 +40,19 @@ ASSET_TYPES = {
 }
 
 
+def statuses_js() -> str:
+    """The ES module /static/statuses.js: the groups of request states, from `models`."""
+    unfinished = json.dumps([status.value for status in UNFINISHED_STATUSES])
+    return (
+        "// Written by the server from csvcompress.models: the states that are not final.\n"
+        f"export const UNFINISHED_STATUSES = {unfinished};\n"
+    )
+
+
+# Assets the server writes instead of reading them from STATIC_DIR.
+GENERATED_ASSETS = {"statuses.js": statuses_js()}
+
+
 def _page(name: str) -> web.FileResponse:
     return web.FileResponse(
         STATIC_DIR / name, headers={**PAGE_HEADERS, "Content-Type": "text/html; charset=utf-8"}
@@ -48,8 +67,16 @@ async def request_page(request: web.Request) -> web.FileResponse:
     return _page("request.html")
 
 
-async def asset(request: web.Request) -> web.FileResponse:
+async def asset(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
+    generated = GENERATED_ASSETS.get(name)
+    if generated is not None:
+        return web.Response(
+            text=generated,
+            content_type=ASSET_TYPES[Path(name).suffix],
+            charset="utf-8",
+            headers={"Cache-Control": "no-cache"},
+        )
     path = STATIC_DIR / name
     content_type = ASSET_TYPES.get(path.suffix)
     # The route pattern has no "/", so the name cannot leave STATIC_DIR.
@@ -59,10 +86,3 @@ async def asset(request: web.Request) -> web.FileResponse:
         path,
         headers={"Content-Type": f"{content_type}; charset=utf-8", "Cache-Control": "no-cache"},
     )
-
-
-def setup_page_routes(app: web.Application) -> None:
-    app.router.add_get("/", index_page, name="index-page")
-    # Registered without data: the auth check must let this page through, like "/".
-    app.router.add_get("/requests/{request_id}", request_page, name="request-page")
-    app.router.add_get("/static/{name}", asset, name="static")

@@ -1,4 +1,4 @@
-"""Taking an upload in: stream it to disk, validate it, store the request.
+"""POST /upload: stream the CSV to disk, validate it, store the request, queue it.
 
 The body is written to disk as it arrives, never held whole in memory, and
 refused as soon as it passes the size limit: every byte of the body counts
@@ -31,7 +31,9 @@ from yarl import URL
 
 from csvcompress import csv_input
 from csvcompress.config import LimitSettings, Settings
+from csvcompress.documents import upload_accepted_document
 from csvcompress.errors import AddressNotAllowed, BadRequest, PayloadTooLarge
+from csvcompress.http.keys import SERVICE
 from csvcompress.pipeline.netguard import NetGuard, check_destination
 from csvcompress.store.base import Store
 
@@ -48,6 +50,19 @@ class Accepted:
     request_id: str
     rows: int
     images: int
+
+
+async def upload(request: web.Request) -> web.Response:
+    """202 with the new request (its status URL also in Location); processing has started."""
+    service = request.app[SERVICE]
+    settings = service.settings
+    part_path, webhook_url = await receive(request, settings)
+    accepted = await asyncio.to_thread(ingest, part_path, settings, service.db, webhook_url)
+    await service.queue.submit(accepted.request_id)
+    doc = upload_accepted_document(
+        accepted.request_id, accepted.rows, accepted.images, settings.server.base_url
+    )
+    return web.json_response(doc, status=202, headers={"Location": doc["status_url"]})
 
 
 def new_request_id() -> str:
@@ -148,7 +163,7 @@ class _CappedBody:
     Every byte the reader takes counts: the file, fields and parts we skip,
     the preamble and the part headers. aiohttp's MultipartReader and
     BodyPartReader use exactly these four methods of their stream (see the
-    test of an endless preamble in tests/test_uploads.py).
+    test of an endless preamble in tests/http/test_uploads.py).
     """
 
     def __init__(self, stream: StreamReader, limits: LimitSettings) -> None:

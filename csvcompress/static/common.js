@@ -1,5 +1,8 @@
 // Shared by both pages: the API key, calls to the JSON API, DOM building and number formats.
 
+// Written by the server from its own list of states (csvcompress/http/pages.py).
+import { UNFINISHED_STATUSES } from "./statuses.js";
+
 const KEY_STORAGE = "csvcompress.apiKey";
 
 export function apiKey() {
@@ -140,7 +143,7 @@ export function badge(doc) {
   return h("span", { class: `badge s-${partial ? "partial" : doc.status}` }, label);
 }
 
-// Anything but pending and processing is final (complete, failed, and any state added later).
+// A state the server does not list as unfinished is final (including any added later).
 export function isFinished(status) {
-  return status !== "pending" && status !== "processing";
+  return !UNFINISHED_STATUSES.includes(status);
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 
@@ -26,6 +27,16 @@ class Storage(Protocol):
 
     async def check(self) -> None:
         """Raise StorageError if the backend cannot take writes now (health checks)."""
+
+    def local_file(self, key: str) -> Path | None:
+        """How the object under `key` is served: the file on disk that the service itself
+        serves at /files/{key}, or None when this backend serves nothing there (its URLs
+        point elsewhere, or it keeps nothing): /files/ then answers 404.
+
+        Raises StorageError for a key that is not safe (one that would leave the root).
+        The file may not exist; the caller checks.
+        """
+        ...
 
     async def close(self) -> None:
         """Release connections."""

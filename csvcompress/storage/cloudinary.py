@@ -235,6 +235,10 @@ class CloudinaryStorage:
             await self._session.close()
             self._session = None
 
+    def local_file(self, key: str) -> None:
+        """Cloudinary serves its own URLs; the service serves no file for it."""
+        return None
+
     @property
     def _auth(self) -> dict[str, str]:
         """The Admin API's HTTP Basic authentication header (aiohttp.BasicAuth is deprecated)."""

@@ -32,6 +32,10 @@ class LocalStorage:
             raise StorageError(f"invalid storage key: {key!r}")
         return self.root.joinpath(*parts)
 
+    def local_file(self, key: str) -> Path:
+        """The file /files/{key} serves; raises StorageError for a key that leaves the root."""
+        return self.path_for(key)
+
     async def put(self, key: str, data: bytes, content_type: str) -> str:
         # One trip to a thread for the whole write: each aiofiles call (makedirs, open,
         # write, close, rename) was a trip of its own, five per image, and every trip

@@ -24,5 +24,9 @@ class NullStorage:
     async def check(self) -> None:
         return None
 
+    def local_file(self, key: str) -> None:
+        """Nothing is kept, so nothing is served: /files/ answers 404."""
+        return None
+
     async def close(self) -> None:
         return None

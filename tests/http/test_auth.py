@@ -185,3 +185,22 @@ def test_bad_keys_stop_the_start(key: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         ServerSettings(api_key=key).validate()
     assert info.value.message == message
+
+
+async def test_control_routes_need_the_api_key_when_one_is_set(
+    create_service: ServiceFactory,
+) -> None:
+    key = "k" * 32
+    service = await create_service(server={"api_key": key})
+    request_id = "0" * 32
+    for method, path in (("DELETE", ""), ("POST", "/retry")):
+        url = f"{service.url}/requests/{request_id}{path}"
+        async with service.client.request(method, url) as resp:
+            assert resp.status == 401, (method, path)
+        headers = {"Authorization": f"Bearer {key}"}
+        async with service.client.request(method, url, headers=headers) as resp:
+            assert resp.status == 404, (method, path)
+    async with service.client.get(f"{service.url}/healthz") as resp:
+        assert resp.status == 200
+    async with service.client.get(f"{service.url}/metrics") as resp:
+        assert resp.status == 200

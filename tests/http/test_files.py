@@ -1,4 +1,7 @@
-"""The wired service: awkward real-world images round-trip through fetch, pipeline and storage."""
+"""GET /files/{key}: the output images, as the storage backend says they are served.
+
+Awkward real-world images round-trip through fetch, pipeline, storage and this route.
+"""
 
 from __future__ import annotations
 
@@ -59,6 +62,21 @@ async def test_files_route_serves_only_stored_images(
             assert resp.status == 404, path
             assert (await resp.json())["error"] in ("no such file", "Not Found")
     assert secret.exists()
+
+
+async def test_a_backend_that_serves_no_files_answers_404(
+    create_service: ServiceFactory, origin: Origin
+) -> None:
+    service = await create_service(storage={"backend": "null"})
+    url = origin.add("a.jpg", images.photo_jpeg(32, 32))
+
+    doc = await service.wait(await service.submit(csv_bytes([["1", "A", url]])))
+    image_url = (await service.output_rows(doc))[0]["Output Image Urls"]
+
+    assert image_url == f"{service.url}/files/{doc['request_id']}/1-1.jpg"
+    async with service.client.get(image_url) as resp:
+        assert resp.status == 404
+        assert await resp.json() == {"error": "no such file"}
 
 
 async def test_raw_traversal_request_is_refused(create_service: ServiceFactory) -> None:

@@ -1,4 +1,5 @@
-"""The upload side under attack: webhook URLs to forbidden places, endless bodies, garbage.
+"""POST /upload: the answer, refusals, and the upload side under attack (webhook URLs
+to forbidden places, endless bodies, garbage).
 
 Every test talks to the real service over HTTP.
 """
@@ -31,6 +32,75 @@ ROW = b"1,Shirt,http://127.0.0.1/a.jpg\r\n" * 1000
 
 def _mapped(v4: str) -> str:
     return str(ipaddress.IPv6Address(f"::ffff:{v4}"))
+
+
+# --- the upload itself ------------------------------------------------------------------
+
+
+async def test_upload_answers_at_once_with_the_request(
+    create_service: ServiceFactory, origin: Origin
+) -> None:
+    service = await create_service()
+    a = origin.add("a.jpg", images.photo_jpeg(64, 48))
+    b = origin.add("b.jpg", images.photo_jpeg(64, 48, seed=1))
+
+    resp = await service.upload(csv_bytes([["1", "Shirt", f"{a}, {b}"], ["2", "Hat", a]]))
+
+    assert resp.status == 202
+    body = await resp.json()
+    assert body["status"] == "pending"
+    assert body["rows"] == 2
+    assert body["images"] == 3
+    assert len(body["request_id"]) == 32
+    assert body["status_url"] == f"{service.url}/status/{body['request_id']}"
+    assert resp.headers["Location"] == body["status_url"]
+
+
+async def test_bad_csv_is_refused_with_problems_and_nothing_stored(
+    create_service: ServiceFactory,
+) -> None:
+    service = await create_service()
+    data = csv_bytes([["1", "Shirt", ""], ["2", "Hat", "ftp://example.com/x.jpg"]])
+
+    resp = await service.upload(data)
+
+    assert resp.status == 400
+    body = await resp.json()
+    assert [(p["line"], p["column"]) for p in body["problems"]] == [
+        (2, "Input Image Urls"),
+        (3, "Input Image Urls"),
+    ]
+    uploads = service.settings.data_dir / "uploads"
+    assert list(uploads.iterdir()) == []
+
+
+async def test_upload_over_the_size_limit_is_413(create_service: ServiceFactory) -> None:
+    service = await create_service(limits={"max_upload_bytes": 1000})
+    data = csv_bytes([[str(n), "x" * 50, "http://example.com/a.jpg"] for n in range(100)])
+
+    resp = await service.upload(data)
+
+    assert resp.status == 413
+    assert await resp.json() == {"error": "the file is larger than the limit of 1000 bytes"}
+
+
+async def test_upload_without_a_file_is_400(create_service: ServiceFactory) -> None:
+    service = await create_service()
+    async with service.client.post(f"{service.url}/upload", data={"x": "1"}) as resp:
+        assert resp.status == 400
+        assert await resp.json() == {
+            "error": "send the CSV as multipart/form-data with the file in a field named 'file'"
+        }
+
+
+async def test_bad_webhook_url_is_refused(create_service: ServiceFactory, origin: Origin) -> None:
+    service = await create_service()
+    a = origin.add("a.jpg", images.photo_jpeg(32, 32))
+
+    resp = await service.upload(csv_bytes([["1", "Shirt", a]]), webhook_url="not a url")
+
+    assert resp.status == 400
+    assert await resp.json() == {"error": "webhook_url must be an absolute http:// or https:// URL"}
 
 
 # --- the webhook URL is checked at upload --------------------------------------------------

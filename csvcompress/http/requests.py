@@ -1,0 +1,201 @@
+"""A request as a resource: /status/{id} and everything under /requests/.
+
+Reading:
+- GET /status/{id}: the status document (documents.status_document).
+- GET /requests: the requests, newest first, optionally of one status.
+- GET /requests/{id}/images: a request's images in input order, with their results.
+- GET /requests/{id}/output.csv: the output CSV, once written.
+
+Both lists page with an opaque `cursor`: pass a page's `next_cursor` back to get the
+next page; `next_cursor` is null on the last one. Cursors are row ids, so a page
+never repeats or skips an item when new requests arrive meanwhile.
+
+Controlling:
+- DELETE on an unfinished request cancels it: its pending images are skipped,
+  images in flight finish but their results are dropped, the output CSV is
+  written with what was done (skipped images say so in the Errors column), the
+  status becomes `cancelled` and the webhook `request.cancelled` is sent.
+  The answer is 200 with the status document.
+- DELETE on a finished request (complete, failed, cancelled) removes it, its
+  output images, its CSVs and its rows: 204.
+- POST /requests/{id}/retry on a finished request puts its failed images (and
+  the images a cancel skipped) back in the queue; when they are done, a new
+  output CSV is written and the webhook is sent again. 202; 409 if the request
+  is not finished or has nothing to retry.
+- POST /requests/{id}/webhook/redeliver sends a finished request's webhook again.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from csvcompress.documents import (
+    delivery_document,
+    image_page_document,
+    request_list_document,
+    retry_accepted_document,
+    status_document,
+)
+from csvcompress.errors import BadRequest, Conflict, NotFound, ServiceUnavailable, ShuttingDown
+from csvcompress.http.keys import SERVICE, Service
+from csvcompress.models import RequestRecord, RequestStatus
+
+REQUESTS_PAGE = (20, 100)
+"""Default and largest `limit` of GET /requests."""
+IMAGES_PAGE = (100, 1000)
+"""Default and largest `limit` of GET /requests/{id}/images."""
+# Documents that change while a client polls or pages through them: never cached.
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+# --- reading ------------------------------------------------------------------
+
+
+async def status(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    return await status_response(service, request.match_info["request_id"])
+
+
+async def status_response(service: Service, request_id: str) -> web.Response:
+    """The /status document of a request (GET /status, and DELETE of an unfinished one)."""
+    found = await service.db.get_request_with_counts(request_id)
+    if found is None:
+        raise NotFound(f"no request with id {request_id}")
+    record, counts = found
+    delivery = await service.db.latest_delivery(request_id) if record.webhook_url else None
+    doc = status_document(record, counts, delivery, service.settings.server.base_url)
+    return web.json_response(doc, headers=NO_STORE)
+
+
+async def list_requests(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    limit = _limit(request, REQUESTS_PAGE)
+    found = await service.db.list_requests(
+        status=_status_filter(request), before=_cursor(request), limit=limit + 1
+    )
+    page = found[:limit]
+    more = len(found) > limit
+    doc = request_list_document(
+        [(record, counts) for _, record, counts in page],
+        str(page[-1][0]) if more else None,
+        service.settings.server.base_url,
+    )
+    return web.json_response(doc, headers=NO_STORE)
+
+
+async def request_images(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    request_id = request.match_info["request_id"]
+    limit = _limit(request, IMAGES_PAGE)
+    after = _cursor(request) or 0
+    if await service.db.get_request(request_id) is None:
+        raise NotFound(f"no request with id {request_id}")
+    found = await service.db.image_page(request_id, after, limit + 1)
+    page = found[:limit]
+    more = len(found) > limit
+    doc = image_page_document(request_id, page, str(page[-1].id) if more else None)
+    return web.json_response(doc, headers=NO_STORE)
+
+
+async def output_csv(request: web.Request) -> web.FileResponse:
+    service = request.app[SERVICE]
+    request_id = request.match_info["request_id"]
+    record = await service.db.get_request(request_id)
+    if record is None:
+        raise NotFound(f"no request with id {request_id}")
+    if not record.output_file_path:
+        raise NotFound(f"request {request_id} has no output CSV yet (status: {record.status})")
+    return web.FileResponse(
+        record.output_file_path,
+        headers={
+            "Content-Type": "text/csv; charset=utf-8",
+            "Content-Disposition": f'attachment; filename="{request_id}.csv"',
+        },
+    )
+
+
+def _limit(request: web.Request, page: tuple[int, int]) -> int:
+    default, largest = page
+    raw = request.query.get("limit", "")
+    if not raw:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= largest:
+        raise BadRequest(f"limit must be a whole number from 1 to {largest}")
+    return int(raw)
+
+
+def _cursor(request: web.Request) -> int | None:
+    raw = request.query.get("cursor", "")
+    if not raw:
+        return None
+    if not raw.isdigit():
+        raise BadRequest("cursor must be a next_cursor value from a previous page")
+    return int(raw)
+
+
+def _status_filter(request: web.Request) -> RequestStatus | None:
+    raw = request.query.get("status", "")
+    if not raw:
+        return None
+    try:
+        return RequestStatus(raw)
+    except ValueError:
+        names = ", ".join(s.value for s in RequestStatus)
+        raise BadRequest(f"status must be one of: {names}") from None
+
+
+# --- controlling --------------------------------------------------------------
+
+
+async def delete_request(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    request_id = request.match_info["request_id"]
+    record = await _find(service, request_id)
+    if not record.status.finished:
+        if not await service.queue.cancel(request_id):
+            raise Conflict(
+                f"request {request_id} finished before it could be cancelled; "
+                "send DELETE again to remove it"
+            )
+        return await status_response(service, request_id)
+    _check_idle(service, request_id)
+    if not await service.retention.remove(request_id):
+        raise ServiceUnavailable(
+            f"the images of request {request_id} could not be removed from storage; try again later"
+        )
+    return web.Response(status=204)
+
+
+async def retry_request(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    request_id = request.match_info["request_id"]
+    if service.queue.stopping:
+        raise ShuttingDown()
+    record = await _find(service, request_id)
+    if not record.status.finished:
+        raise Conflict(
+            f"request {request_id} is {record.status.value}; only a finished request can be retried"
+        )
+    _check_idle(service, request_id)
+    requeued = await service.queue.retry(request_id)
+    doc = retry_accepted_document(request_id, requeued, service.settings.server.base_url)
+    return web.json_response(doc, status=202, headers={"Location": doc["status_url"]})
+
+
+async def redeliver_webhook(request: web.Request) -> web.Response:
+    """202 with the delivery, queued again from the first step of the retry schedule."""
+    service = request.app[SERVICE]
+    delivery = await service.webhooks.redeliver(request.match_info["request_id"])
+    return web.json_response(delivery_document(delivery), status=202)
+
+
+async def _find(service: Service, request_id: str) -> RequestRecord:
+    record = await service.db.get_request(request_id)
+    if record is None or service.retention.is_removing(request_id):
+        raise NotFound(f"no request with id {request_id}")
+    return record
+
+
+def _check_idle(service: Service, request_id: str) -> None:
+    if service.queue.is_busy(request_id):
+        raise Conflict(f"request {request_id} is still being finished; try again in a moment")
