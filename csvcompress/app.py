@@ -36,9 +36,9 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     # Whatever opened is closed again, in reverse order, even when a later step fails
     # the start: an open aiosqlite thread would otherwise keep the process from exiting.
     async with AsyncExitStack() as stack:
-        database = create_store(settings)
-        await database.open()
-        stack.push_async_callback(database.close)
+        store = create_store(settings)
+        await store.open()
+        stack.push_async_callback(store.close)
         await storage.start()
         stack.push_async_callback(storage.close)
         guard = NetGuard(settings.fetch)
@@ -47,21 +47,21 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         pool = cpupool.create(settings.workers)
         stack.callback(pool.shutdown, wait=True, cancel_futures=True)
         metrics = Metrics()
-        webhooks = WebhookSender(settings, database, guard, metrics)
+        webhooks = WebhookSender(settings, store, guard, metrics)
         processor = Processor(settings, Fetcher(settings.fetch, session), storage, pool, metrics)
-        lifecycle = Lifecycle(database)
+        lifecycle = Lifecycle(store)
         finisher = Finisher(
-            database, lifecycle, settings.outputs_dir, on_finished=webhooks.request_finished
+            store, lifecycle, settings.outputs_dir, on_finished=webhooks.request_finished
         )
-        queue = InProcessDispatcher(settings, database, processor, finisher, lifecycle, metrics)
-        retention = Retention(settings, database, storage, queue)
+        dispatcher = InProcessDispatcher(settings, store, processor, finisher, lifecycle, metrics)
+        retention = Retention(settings, store, storage, dispatcher)
         app[SERVICE] = Service(
-            settings, database, storage, guard, session, pool, queue, webhooks, metrics, retention
+            settings, store, storage, guard, session, pool, dispatcher, webhooks, metrics, retention
         )
         stack.push_async_callback(webhooks.close)
         await webhooks.start()
-        stack.push_async_callback(queue.stop)
-        await queue.start()
+        stack.push_async_callback(dispatcher.stop)
+        await dispatcher.start()
         stack.push_async_callback(retention.close)
         await retention.start()
         log.info("csvcompress ready on %s", settings.server.base_url)

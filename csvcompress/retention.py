@@ -31,11 +31,11 @@ class Retention:
     """Removes requests, and sweeps old finished ones every `[retention] interval` seconds."""
 
     def __init__(
-        self, settings: Settings, database: Store, storage: Storage, queue: Dispatcher
+        self, settings: Settings, store: Store, storage: Storage, queue: Dispatcher
     ) -> None:
         self._settings = settings.retention
         self._outputs_dir = settings.outputs_dir
-        self._db = database
+        self._store = store
         self._storage = storage
         self._queue = queue
         self._task: asyncio.Task[None] | None = None
@@ -77,7 +77,7 @@ class Retention:
         skipped: set[str] = set()
         while True:
             # Removed requests leave the result; those skipped stay in it, so ask for more.
-            found = await self._db.finished_before(cutoff, SWEEP_BATCH + len(skipped))
+            found = await self._store.finished_before(cutoff, SWEEP_BATCH + len(skipped))
             todo = [request_id for request_id in found if request_id not in skipped]
             if not todo:
                 break
@@ -111,10 +111,10 @@ class Retention:
         except StorageError as exc:
             log.warning("could not remove the images of request %s: %s", request_id, exc.message)
             return False
-        files = [Path(p) for p in await self._db.request_files(request_id)]
+        files = [Path(p) for p in await self._store.request_files(request_id)]
         files.append(self._outputs_dir / f"{request_id}.csv")
         await asyncio.to_thread(_unlink_all, files)
-        await self._db.delete_request(request_id)
+        await self._store.delete_request(request_id)
         log.info("request %s removed with its files", request_id)
         return True
 

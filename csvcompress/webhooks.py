@@ -237,14 +237,14 @@ class WebhookSender:
     def __init__(
         self,
         settings: Settings,
-        database: Store,
+        store: Store,
         guard: NetGuard,
         metrics: Metrics | None = None,
     ) -> None:
         settings.webhook.validate()
         self._settings = settings
         self._schedule = settings.webhook.retry_schedule
-        self._db = database
+        self._store = store
         self._guard = guard
         self._metrics = metrics or Metrics()
         self._rng = random.Random()
@@ -268,7 +268,7 @@ class WebhookSender:
         self._session = create_session(
             self._settings.fetch, self._guard, total_timeout=self._settings.webhook.timeout
         )
-        for request_id in await self._db.finished_requests_without_delivery():
+        for request_id in await self._store.finished_requests_without_delivery():
             log.info("queueing the webhook of %s, lost by an earlier stop", request_id)
             await self.request_finished(request_id)
         self._scheduler = asyncio.create_task(self._run(), name="webhook-scheduler")
@@ -293,12 +293,12 @@ class WebhookSender:
         self._wake.set()
 
     async def _queue_event(self, request_id: str) -> None:
-        record = await self._db.get_request(request_id)
+        record = await self._store.get_request(request_id)
         if record is None or not record.webhook_url or not record.status.finished:
             return
-        if await self._db.latest_delivery(request_id) is not None:
+        if await self._store.latest_delivery(request_id) is not None:
             return
-        counts = await self._db.get_counts(request_id)
+        counts = await self._store.get_counts(request_id)
         event_type = EVENT_TYPES[record.status]
         payload = {
             "type": event_type,
@@ -306,7 +306,7 @@ class WebhookSender:
             "data": request_data(record, counts, self._settings.server.base_url),
         }
         delivery_id = f"msg_{uuid.uuid4().hex}"
-        await self._db.add_delivery(
+        await self._store.add_delivery(
             delivery_id,
             request_id,
             event_type,
@@ -321,7 +321,7 @@ class WebhookSender:
         It is the same event, so it keeps its webhook-id and body: a receiver that
         already handled it recognises it, one that missed it handles it now.
         """
-        record = await self._db.get_request(request_id)
+        record = await self._store.get_request(request_id)
         if record is None:
             raise NotFound(f"no request with id {request_id}")
         if not record.webhook_url:
@@ -330,7 +330,7 @@ class WebhookSender:
             raise Conflict(
                 f"request {request_id} is {record.status}; its webhook is sent when it finishes"
             )
-        delivery = await self._db.latest_delivery(request_id)
+        delivery = await self._store.latest_delivery(request_id)
         if delivery is None:
             await self.request_finished(request_id)
         else:
@@ -339,9 +339,9 @@ class WebhookSender:
                 if running is not None:
                     # Let the attempt under way record itself first; never cancel it.
                     await asyncio.wait({running})
-                await self._db.requeue_delivery(delivery.id, self._first_attempt_at())
+                await self._store.requeue_delivery(delivery.id, self._first_attempt_at())
             self._wake.set()
-        fresh = await self._db.latest_delivery(request_id)
+        fresh = await self._store.latest_delivery(request_id)
         assert fresh is not None
         log.info("webhook %s of %s queued again", fresh.id, request_id)
         return fresh
@@ -377,7 +377,7 @@ class WebhookSender:
             free = MAX_CONCURRENT_DELIVERIES - len(self._in_flight)
             if free <= 0:
                 return None
-            upcoming = await self._db.next_pending_deliveries(self._in_flight.keys(), free)
+            upcoming = await self._store.next_pending_deliveries(self._in_flight.keys(), free)
             now = time.time()
             for delivery_id, due in upcoming:
                 if due > now:
@@ -397,7 +397,7 @@ class WebhookSender:
 
     async def _attempt(self, delivery_id: str) -> None:
         try:
-            found = await self._db.get_delivery(delivery_id)
+            found = await self._store.get_delivery(delivery_id)
             if found is None or found[0].state is not DeliveryState.PENDING:
                 return
             delivery, body = found
@@ -405,7 +405,7 @@ class WebhookSender:
             attempts = delivery.attempts + 1
             state, next_at = plan_next(outcome, attempts, self._schedule, time.time(), self._rng)
             self._metrics.webhook_delivery(ATTEMPT_OUTCOMES[state])
-            await self._db.record_attempt(
+            await self._store.record_attempt(
                 delivery_id,
                 state=state,
                 next_attempt_at=next_at,

@@ -320,12 +320,12 @@ async def finish_directly(service: Service, request_id: str, webhook_url: str) -
     running = service.runner.app[SERVICE]
 
     def insert() -> None:
-        with running.db.request_writer(request_id) as writer:
+        with running.store.request_writer(request_id) as writer:
             writer.add(0, ["http://127.0.0.1:9/a.jpg"])
             writer.finish(input_path="unused.csv", webhook_url=webhook_url, rows=1)
 
     await asyncio.to_thread(insert)
-    assert await Lifecycle(running.db).finish(request_id, "unused-output.csv")
+    assert await Lifecycle(running.store).finish(request_id, "unused-output.csv")
     await running.webhooks.request_finished(request_id)
 
 

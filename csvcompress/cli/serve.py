@@ -77,7 +77,7 @@ async def serve(settings: Settings, announce: Callable[[str], None] = print) -> 
         await site.start()
         announce(f"csvcompress serving on {settings.server.base_url} (Ctrl+C to stop)")
         await signals.received.wait()
-        await app[SERVICE].queue.drain(settings.workers.shutdown_grace)
+        await app[SERVICE].dispatcher.drain(settings.workers.shutdown_grace)
     finally:
         await runner.cleanup()
     log.info("stopped")

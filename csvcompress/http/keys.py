@@ -27,12 +27,12 @@ class Service:
     """Everything a handler may need, created on start-up and closed on clean-up."""
 
     settings: Settings
-    db: Store
+    store: Store
     storage: Storage
     guard: NetGuard
     session: aiohttp.ClientSession
     pool: ThreadPoolExecutor
-    queue: Dispatcher
+    dispatcher: Dispatcher
     webhooks: WebhookSender
     metrics: Metrics
     retention: Retention

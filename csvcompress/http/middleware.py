@@ -71,7 +71,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 async def refuse_when_stopping(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Refuse new work while the service shuts down: 503 with Retry-After."""
     refused = (request.method, request.path) in REFUSED_WHEN_STOPPING
-    if refused and request.app[SERVICE].queue.stopping:
+    if refused and request.app[SERVICE].dispatcher.stopping:
         raise ShuttingDown(retry_after=RETRY_AFTER_STOPPING)
     return await handler(request)
 

@@ -30,7 +30,7 @@ OK = "ok"
 
 async def check_database(service: Service) -> str:
     try:
-        await service.db.check(DATABASE_CHECK_TIMEOUT)
+        await service.store.check(DATABASE_CHECK_TIMEOUT)
     except StoreUnavailable as exc:
         return str(exc)
     return OK
@@ -50,7 +50,7 @@ async def healthz(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     database, storage = await asyncio.gather(check_database(service), check_storage(service))
     checks = {"database": database, "storage": storage}
-    if service.queue.stopping:
+    if service.dispatcher.stopping:
         status = "stopping"
     elif all(result == OK for result in checks.values()):
         status = OK
@@ -65,5 +65,5 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    body = await service.metrics.render(service.db)
+    body = await service.metrics.render(service.store)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -58,11 +58,11 @@ async def status(request: web.Request) -> web.Response:
 
 async def status_response(service: Service, request_id: str) -> web.Response:
     """The /status document of a request (GET /status, and DELETE of an unfinished one)."""
-    found = await service.db.get_request_with_counts(request_id)
+    found = await service.store.get_request_with_counts(request_id)
     if found is None:
         raise NotFound(f"no request with id {request_id}")
     record, counts = found
-    delivery = await service.db.latest_delivery(request_id) if record.webhook_url else None
+    delivery = await service.store.latest_delivery(request_id) if record.webhook_url else None
     doc = status_document(record, counts, delivery, service.settings.server.base_url)
     return web.json_response(doc, headers=NO_STORE)
 
@@ -70,7 +70,7 @@ async def status_response(service: Service, request_id: str) -> web.Response:
 async def list_requests(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     limit = _limit(request, REQUESTS_PAGE)
-    found = await service.db.list_requests(
+    found = await service.store.list_requests(
         status=_status_filter(request), before=_cursor(request), limit=limit + 1
     )
     page = found[:limit]
@@ -88,9 +88,9 @@ async def request_images(request: web.Request) -> web.Response:
     request_id = request.match_info["request_id"]
     limit = _limit(request, IMAGES_PAGE)
     after = _cursor(request) or 0
-    if await service.db.get_request(request_id) is None:
+    if await service.store.get_request(request_id) is None:
         raise NotFound(f"no request with id {request_id}")
-    found = await service.db.image_page(request_id, after, limit + 1)
+    found = await service.store.image_page(request_id, after, limit + 1)
     page = found[:limit]
     more = len(found) > limit
     doc = image_page_document(request_id, page, str(page[-1].id) if more else None)
@@ -100,7 +100,7 @@ async def request_images(request: web.Request) -> web.Response:
 async def output_csv(request: web.Request) -> web.FileResponse:
     service = request.app[SERVICE]
     request_id = request.match_info["request_id"]
-    record = await service.db.get_request(request_id)
+    record = await service.store.get_request(request_id)
     if record is None:
         raise NotFound(f"no request with id {request_id}")
     if not record.output_file_path:
@@ -152,7 +152,7 @@ async def delete_request(request: web.Request) -> web.Response:
     request_id = request.match_info["request_id"]
     record = await _find(service, request_id)
     if not record.status.finished:
-        if not await service.queue.cancel(request_id):
+        if not await service.dispatcher.cancel(request_id):
             raise Conflict(
                 f"request {request_id} finished before it could be cancelled; "
                 "send DELETE again to remove it"
@@ -169,7 +169,7 @@ async def delete_request(request: web.Request) -> web.Response:
 async def retry_request(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     request_id = request.match_info["request_id"]
-    if service.queue.stopping:
+    if service.dispatcher.stopping:
         raise ShuttingDown()
     record = await _find(service, request_id)
     if not record.status.finished:
@@ -177,7 +177,7 @@ async def retry_request(request: web.Request) -> web.Response:
             f"request {request_id} is {record.status.value}; only a finished request can be retried"
         )
     _check_idle(service, request_id)
-    requeued = await service.queue.retry(request_id)
+    requeued = await service.dispatcher.retry(request_id)
     doc = retry_accepted_document(request_id, requeued, service.settings.server.base_url)
     return web.json_response(doc, status=202, headers={"Location": doc["status_url"]})
 
@@ -190,12 +190,12 @@ async def redeliver_webhook(request: web.Request) -> web.Response:
 
 
 async def _find(service: Service, request_id: str) -> RequestRecord:
-    record = await service.db.get_request(request_id)
+    record = await service.store.get_request(request_id)
     if record is None or service.retention.is_removing(request_id):
         raise NotFound(f"no request with id {request_id}")
     return record
 
 
 def _check_idle(service: Service, request_id: str) -> None:
-    if service.queue.is_busy(request_id):
+    if service.dispatcher.is_busy(request_id):
         raise Conflict(f"request {request_id} is still being finished; try again in a moment")

@@ -57,8 +57,8 @@ async def upload(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     settings = service.settings
     part_path, webhook_url = await receive(request, settings)
-    accepted = await asyncio.to_thread(ingest, part_path, settings, service.db, webhook_url)
-    await service.queue.submit(accepted.request_id)
+    accepted = await asyncio.to_thread(ingest, part_path, settings, service.store, webhook_url)
+    await service.dispatcher.submit(accepted.request_id)
     doc = upload_accepted_document(
         accepted.request_id, accepted.rows, accepted.images, settings.server.base_url
     )

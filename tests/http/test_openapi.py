@@ -206,7 +206,7 @@ async def test_live_responses_match_the_document(
     assert (await checker.call("DELETE", "/requests/nope"))[0] == 404
     assert (await checker.call("GET", "/healthz"))[0] == 200
     assert (await checker.call("GET", "/metrics"))[0] == 200
-    await service.runner.app[SERVICE].queue.drain(0)
+    await service.runner.app[SERVICE].dispatcher.drain(0)
     assert (await checker.call("GET", "/healthz"))[0] == 503
     assert (await checker.call("POST", retry.format(finished)))[0] == 503
 
