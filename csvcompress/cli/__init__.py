@@ -1,1 +1,1 @@
-"""cli"""
+"""The command line: `serve`, `demo`, and the client commands `submit` and `status`."""
