@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from csvcompress.cli.client import Progress
 from csvcompress.cli import main as cli
+from csvcompress.cli.client import Progress
 from tests import images
 from tests.conftest import Origin, ServiceFactory, csv_bytes, free_port
 
