@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
-from aiohttp import web
-
 from tests import images
-from tests.conftest import Origin, Service, ServiceFactory, csv_bytes
+from tests.conftest import Service, ServiceFactory, csv_bytes
+from tests.servers import Origin
 
 
 async def _get(service: Service, path: str) -> tuple[int, Any]:
@@ -74,19 +71,13 @@ async def test_a_page_never_repeats_when_new_requests_arrive(
 
 async def test_listing_filters_by_status(create_service: ServiceFactory, origin: Origin) -> None:
     service = await create_service()
-    release = asyncio.Event()
-
-    async def stall(request: web.Request) -> web.Response:
-        await release.wait()
-        return web.Response(body=images.photo_jpeg(32, 32), content_type="image/jpeg")
-
     quick = origin.add("a.jpg", images.photo_jpeg(32, 32))
-    slow = origin.route("slow.jpg", stall)
+    slow = origin.add("slow.jpg", images.photo_jpeg(32, 32), held=True)
     done = await service.submit(csv_bytes([["1", "P", quick]]))
     await service.wait(done)
     running = await service.submit(csv_bytes([["1", "P", slow]]))
     try:
-        await _until_processing(service, running)
+        await service.wait_until(running, lambda doc: doc["status"] == "processing", "its start")
         status, body = await _get(service, "/requests?status=complete")
         assert status == 200
         assert [r["request_id"] for r in body["requests"]] == [done]
@@ -94,15 +85,8 @@ async def test_listing_filters_by_status(create_service: ServiceFactory, origin:
         assert [r["request_id"] for r in body["requests"]] == [running]
         assert body["requests"][0]["output_csv_url"] is None
     finally:
-        release.set()
+        origin.release()
     await service.wait(running)
-
-
-async def _until_processing(service: Service, request_id: str) -> None:
-    deadline = time.monotonic() + 10
-    while (await service.status(request_id))["status"] != "processing":
-        assert time.monotonic() < deadline, "the request never started"
-        await asyncio.sleep(0.02)
 
 
 async def test_listing_refuses_bad_parameters(create_service: ServiceFactory) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pyvips
 
 from tests import images
-from tests.conftest import Origin, ServiceFactory, csv_bytes
+from tests.conftest import ServiceFactory, csv_bytes
+from tests.servers import Origin
 
 
 def _probe(data: bytes) -> tuple[int, int, str]:
@@ -40,7 +41,8 @@ async def test_whole_path_produces_images_and_output_csv(
     png = images.png_rgba(120, 90)
     a = origin.add("shirt/front.jpg", jpeg)
     b = origin.add("shirt/back.png", png, "image/png")
-    c = origin.add("hat.jpg", images.photo_jpeg(300, 200, seed=3))
+    hat_jpeg = images.photo_jpeg(300, 200, seed=3)
+    c = origin.add("hat.jpg", hat_jpeg)
     missing = f"{origin.url}/nope.jpg"
     rows = [
         ["1", "Shirt", f"{a},\n {b}"],
@@ -79,7 +81,7 @@ async def test_whole_path_produces_images_and_output_csv(
     assert _probe(hat)[:2] == (300, 200)
     # The repeat shares the first occurrence's output.
     assert second[2] == first[0]
-    assert doc["bytes"]["input"] == len(jpeg) + len(png) + len(origin.files["hat.jpg"][0])
+    assert doc["bytes"]["input"] == len(jpeg) + len(png) + len(hat_jpeg)
     assert doc["bytes"]["saved"] == doc["bytes"]["input"] - doc["bytes"]["output"]
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from csvcompress.store import sqlite as db
 from tests import images
-from tests.conftest import Origin, ServiceFactory, csv_bytes
+from tests.conftest import ServiceFactory, csv_bytes
+from tests.servers import Origin
 
 DONE = "d" * 32
 WAITING = "e" * 32
