@@ -7,9 +7,10 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import os
 import socket
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import pytest
 from aiohttp import web
 
 from csvcompress.app import create_app
-from csvcompress.config import Settings, replace_settings
+from csvcompress.config import ENV_PREFIX, Settings, replace_settings
 from tests.servers import HOST, Listener, Origin, Receiver, Served, serve
 from tests.waiting import RequestWaits
 
@@ -27,6 +28,21 @@ LOOPBACK = ("127.0.0.0/8",)
 # The signing secret of every service a test starts (unless it asks for another) and of
 # the receiver, so that every delivery a test reads is verified.
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
+
+
+# Variables that steer the test run itself (`make screenshots`), not the service.
+TEST_SWITCHES = {"CSVCOMPRESS_SCREENSHOTS"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_settings_from_the_shell() -> Iterator[None]:
+    """Tests do not depend on the shell: a CSVCOMPRESS_* variable there would change every
+    service they start, in this process or in a process of its own."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in list(os.environ):
+            if name.startswith(ENV_PREFIX) and name not in TEST_SWITCHES:
+                patch.delenv(name)
+        yield
 
 
 # --- servers the service talks to --------------------------------------------------------
