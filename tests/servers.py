@@ -93,7 +93,7 @@ class Reply:
     """One scripted answer.
 
     `delay` is part of a scenario (a slow server), not a wait for anything; `held` answers
-    only once the server's release() is called, or the server closes.
+    only after the server's next release() (or its close).
     """
 
     body: bytes = b""
