@@ -1,84 +1,103 @@
-"""Factories for the real parts tests talk to: an image origin and the service itself."""
+"""Fixtures for the real parts tests talk to: an image origin, a webhook receiver,
+listeners, any other aiohttp app, and the service itself. Each fixture is a factory or
+an object that is closed after the test, whatever the test left running."""
 
 from __future__ import annotations
 
-import asyncio
+import base64
 import csv
 import io
+import os
 import socket
-import time
-from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
 from csvcompress.app import create_app
-from csvcompress.config import Settings, replace_settings
+from csvcompress.config import ENV_PREFIX, Settings, replace_settings
+from tests.servers import HOST, Listener, Origin, Receiver, Served, serve
+from tests.waiting import RequestWaits
 
 LOOPBACK = ("127.0.0.0/8",)
-
-T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+# The signing secret of every service a test starts (unless it asks for another) and of
+# the receiver, so that every delivery a test reads is verified.
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
 
 
-# --- the image origin ---------------------------------------------------------------
+# Variables that steer the test run itself (`make screenshots`), not the service.
+TEST_SWITCHES = {"CSVCOMPRESS_SCREENSHOTS"}
 
-OriginHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_settings_from_the_shell() -> Iterator[None]:
+    """Tests do not depend on the shell: a CSVCOMPRESS_* variable there would change every
+    service they start, in this process or in a process of its own."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in list(os.environ):
+            if name.startswith(ENV_PREFIX) and name not in TEST_SWITCHES:
+                patch.delenv(name)
+        yield
 
 
-@dataclass
-class Origin:
-    """A real HTTP server serving image bytes; counts every hit per path."""
-
-    url: str
-    files: dict[str, tuple[bytes, str]] = field(default_factory=dict)
-    handlers: dict[str, OriginHandler] = field(default_factory=dict)
-    hits: Counter[str] = field(default_factory=Counter)
-    delay: float = 0.0
-
-    def add(self, path: str, data: bytes, content_type: str = "image/jpeg") -> str:
-        self.files[path] = (data, content_type)
-        return f"{self.url}/{path}"
-
-    def route(self, path: str, handler: OriginHandler) -> str:
-        self.handlers[path] = handler
-        return f"{self.url}/{path}"
-
-    async def _serve(self, request: web.Request) -> web.StreamResponse:
-        path = request.match_info["path"]
-        self.hits[path] += 1
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        if path in self.handlers:
-            return await self.handlers[path](request)
-        if path not in self.files:
-            raise web.HTTPNotFound()
-        data, content_type = self.files[path]
-        return web.Response(body=data, content_type=content_type)
+# --- servers the service talks to --------------------------------------------------------
 
 
 @pytest.fixture
 async def origin() -> AsyncIterator[Origin]:
-    app = web.Application()
-    port = free_port()
-    server = Origin(url=f"http://127.0.0.1:{port}")
-    app.router.add_get("/{path:.+}", server._serve)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    server = Origin()
+    await server.start()
     yield server
-    await runner.cleanup()
+    await server.close()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    server = Receiver(WEBHOOK_SECRET)
+    await server.start()
+    yield server
+    await server.close()
+
+
+MakeListener = Callable[[str], Awaitable[Listener]]
+
+
+@pytest.fixture
+async def make_listener() -> AsyncIterator[MakeListener]:
+    """make_listener(host) listens on a port of `host`; all are closed after the test."""
+    made: list[Listener] = []
+
+    async def create(host: str) -> Listener:
+        listener = Listener(host)
+        await listener.start()
+        made.append(listener)
+        return listener
+
+    yield create
+    for listener in made:
+        await listener.close()
+
+
+ServeApp = Callable[[web.Application], Awaitable[Served]]
+
+
+@pytest.fixture
+async def serve_app() -> AsyncIterator[ServeApp]:
+    """serve_app(app) runs any other aiohttp app on 127.0.0.1; all stop after the test."""
+    served: list[Served] = []
+
+    async def create(app: web.Application) -> Served:
+        served.append(await serve(app))
+        return served[-1]
+
+    yield create
+    for one in served:
+        await one.close()
 
 
 # --- the service under test ------------------------------------------------------------
@@ -88,19 +107,24 @@ def make_settings(tmp_path: Path, port: int, **sections: dict[str, Any]) -> Sett
     """Settings for a service on `port` keeping everything under tmp_path."""
     base = Settings()
     defaults: dict[str, dict[str, Any]] = {
-        "server": {"host": "127.0.0.1", "port": port},
+        "server": {"host": HOST, "port": port},
         "database": {"path": str(tmp_path / "data" / "csvcompress.sqlite3")},
         "storage": {"dir": str(tmp_path / "data" / "storage")},
         "fetch": {"allowed_networks": LOOPBACK, "backoff": 0.01, "timeout": 10.0},
         "workers": {"threads": 2},
+        "webhook": {"secret": WEBHOOK_SECRET},
     }
     for name, values in sections.items():
         defaults.setdefault(name, {}).update(values)
     return replace_settings(base, **defaults)
 
 
+# Where each table keeps the request a row belongs to.
+REQUEST_COLUMN = {"requests": "request_id", "images": "request_id", "deliveries": "request_id"}
+
+
 @dataclass
-class Service:
+class Service(RequestWaits):
     """A running service and a client to talk to it."""
 
     settings: Settings
@@ -137,16 +161,6 @@ class Service:
             doc: dict[str, Any] = await resp.json()
             return doc
 
-    async def wait(self, request_id: str, timeout: float = 30.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            doc = await self.status(request_id)
-            if doc["status"] in ("complete", "failed"):
-                return doc
-            if time.monotonic() > deadline:
-                raise AssertionError(f"request did not finish in {timeout} s: {doc}")
-            await asyncio.sleep(0.05)
-
     async def output_rows(self, doc: dict[str, Any]) -> list[dict[str, str]]:
         async with self.client.get(doc["output_csv_url"]) as resp:
             assert resp.status == 200
@@ -159,6 +173,25 @@ class Service:
             assert resp.status == 200, url
             return await resp.read(), resp.content_type
 
+    def rows(self, request_id: str) -> dict[str, int]:
+        """How many rows of each table belong to the request, read from the database."""
+        with sqlite3.connect(self.settings.database.path) as conn:
+            return {
+                table: conn.execute(
+                    f"SELECT count(*) FROM {table} WHERE {column} = ?", (request_id,)
+                ).fetchone()[0]
+                for table, column in REQUEST_COLUMN.items()
+            }
+
+    def files(self, request_id: str) -> list[Path]:
+        """The request's stored images (its folder), output CSV and uploaded CSV."""
+        data_dir = Path(self.settings.database.path).parent
+        return [
+            Path(self.settings.storage.dir) / request_id,
+            data_dir / "outputs" / f"{request_id}.csv",
+            data_dir / "uploads" / f"{request_id}.csv",
+        ]
+
 
 ServiceFactory = Callable[..., Awaitable[Service]]
 
@@ -166,22 +199,26 @@ ServiceFactory = Callable[..., Awaitable[Service]]
 @pytest.fixture
 async def create_service(tmp_path: Path) -> AsyncIterator[ServiceFactory]:
     """create_service(**sections) starts a real service; all are stopped after the test."""
-    started: list[Service] = []
+    stops: list[Served] = []
     client = aiohttp.ClientSession()
 
     async def create(**sections: dict[str, Any]) -> Service:
-        port = free_port()
-        settings = make_settings(tmp_path, port, **sections)
-        runner = web.AppRunner(create_app(settings))
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        service = Service(settings=settings, client=client, runner=runner)
-        started.append(service)
+        # The port is bound before the settings name it, so no one else can take it.
+        sock = socket.socket()
+        try:
+            sock.bind((HOST, 0))
+            settings = make_settings(tmp_path, sock.getsockname()[1], **sections)
+            served = await serve(create_app(settings), sock=sock)
+        except BaseException:  # refused settings, a service that would not start
+            sock.close()
+            raise
+        service = Service(settings=settings, client=client, runner=served.runner)
+        stops.append(served)
         return service
 
     yield create
-    for service in started:
-        await service.runner.cleanup()
+    for served in stops:
+        await served.close()
     await client.close()
 
 
@@ -195,96 +232,3 @@ def csv_bytes(
     writer.writerow(header)
     writer.writerows(rows)
     return out.getvalue().encode()
-
-
-# --- a webhook receiver ------------------------------------------------------------
-
-
-@dataclass
-class HookReceiver:
-    """A real HTTP endpoint answering 200 to every POST; keeps the JSON bodies."""
-
-    url: str
-    received: list[dict[str, Any]] = field(default_factory=list)
-
-    async def wait_for(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-        return await wait_for_deliveries(self.received, count, timeout)
-
-
-async def wait_for_deliveries(received: list[T], count: int, timeout: float) -> list[T]:
-    """`received` once it holds `count` deliveries (a receiver appends them as they come)."""
-    deadline = time.monotonic() + timeout
-    while len(received) < count:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{len(received)} deliveries, expected {count}")
-        await asyncio.sleep(0.02)
-    return received
-
-
-@pytest.fixture
-async def hook_receiver() -> AsyncIterator[HookReceiver]:
-    port = free_port()
-    receiver = HookReceiver(url=f"http://127.0.0.1:{port}/hook")
-
-    async def hook(request: web.Request) -> web.Response:
-        receiver.received.append(await request.json())
-        return web.Response(status=200)
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield receiver
-    await runner.cleanup()
-
-
-# --- a listener that counts connections ---------------------------------------------
-
-
-@dataclass
-class Listener:
-    """A TCP server that counts connections and answers any request with "ok"."""
-
-    host: str
-    port: int = 0
-    connections: int = 0
-    server: asyncio.Server | None = field(default=None, repr=False)
-
-    @property
-    def netloc(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
-            await writer.drain()
-        except (OSError, asyncio.IncompleteReadError, TimeoutError):
-            pass
-        finally:
-            writer.close()
-
-
-MakeListener = Callable[[str], Awaitable[Listener]]
-
-
-@pytest.fixture
-async def make_listener() -> AsyncIterator[MakeListener]:
-    """make_listener(host) listens on a free port of `host`; all are closed after the test."""
-    made: list[Listener] = []
-
-    async def create(host: str) -> Listener:
-        listener = Listener(host)
-        listener.server = await asyncio.start_server(listener._handle, host, 0)
-        listener.port = listener.server.sockets[0].getsockname()[1]
-        made.append(listener)
-        return listener
-
-    yield create
-    for listener in made:
-        assert listener.server is not None
-        listener.server.close()
-        await listener.server.wait_closed()

@@ -35,6 +35,8 @@ import pyvips
 from aiohttp import web
 from cloudinary.utils import api_sign_request
 
+from tests.servers import HOST, Served, serve
+
 # Fields Cloudinary leaves out of the string to sign.
 UNSIGNED_FIELDS = frozenset({"file", "api_key", "resource_type", "cloud_name", "signature"})
 STALE_AFTER = 3600
@@ -90,7 +92,7 @@ class FakeCloudinary:
     refusals: list[str] = field(default_factory=list)
     delete_page: int = 1000
     _version: int = 1_700_000_000
-    _runner: web.AppRunner | None = None
+    _served: Served | None = None
 
     @property
     def cloudinary_url(self) -> str:
@@ -117,17 +119,15 @@ class FakeCloudinary:
         return app
 
     async def start(self, port: int = 0) -> str:
-        self._runner = web.AppRunner(self.app(), access_log=None)
-        await self._runner.setup()
         sock = socket.socket()
-        sock.bind(("127.0.0.1", port))
-        await web.SockSite(self._runner, sock).start()
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        sock.bind((HOST, port))
+        self._served = await serve(self.app(), sock=sock, access_log=None)
+        self.url = self._served.url
         return self.url
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._served is not None:
+            await self._served.close()
 
     # --- Upload API -----------------------------------------------------------------
 

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from tests.conftest import free_port
+from tests.servers import free_port
+from tests.waiting import RequestWaits, poll
 
 # Seconds a started service has to answer GET / with 200.
 START_TIMEOUT = 30.0
@@ -54,7 +54,7 @@ def _toml_tables(tables: dict[str, dict[str, Any]], prefix: str = "") -> list[st
     return lines
 
 
-class ServiceProcess:
+class ServiceProcess(RequestWaits):
     """`python -m csvcompress serve` on a free port, with its data under `root`.
 
     Each keyword is a config section ({key: value}; a dict value is a sub-table). A section
@@ -90,16 +90,21 @@ class ServiceProcess:
             args = ["-c", _DROP_ROOT_OVERRIDES, *args]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, *args], stdout=log, stderr=log, env=env)
-        deadline = time.monotonic() + START_TIMEOUT
         async with aiohttp.ClientSession() as client:
-            while time.monotonic() < deadline and self.proc.poll() is None:
+
+            async def state() -> str | None:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    return "exited"
                 try:
                     async with client.get(f"{self.url}/") as resp:
-                        if resp.status == 200:
-                            return
+                        return "answering" if resp.status == 200 else None
                 except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.05)
+                    return None
+
+            with contextlib.suppress(AssertionError):  # silent for too long
+                if await poll(state, what="GET / to answer", timeout=START_TIMEOUT) == "answering":
+                    return
         self.kill()
         raise AssertionError(f"service did not start:\n{self.log()}")
 
@@ -129,14 +134,35 @@ class ServiceProcess:
         assert self.proc is not None
         self.proc.send_signal(signum)
 
+    async def status(self, request_id: str) -> dict[str, Any]:
+        async with (
+            aiohttp.ClientSession() as client,
+            client.get(f"{self.url}/status/{request_id}") as resp,
+        ):
+            assert resp.status == 200, await resp.text()
+            doc: dict[str, Any] = await resp.json()
+            return doc
+
+    async def output_csv(self, doc: dict[str, Any]) -> str:
+        """The text of the output CSV a status document points at."""
+        async with aiohttp.ClientSession() as client, client.get(doc["output_csv_url"]) as resp:
+            assert resp.status == 200, await resp.text()
+            return await resp.text()
+
     async def exit_code(self, timeout: float) -> int:
         """Wait (without blocking the loop: the test's origin must keep serving) for the exit."""
         assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while (code := self.proc.poll()) is None:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"service still running after {timeout} s:\n{self.log()}")
-            await asyncio.sleep(0.02)
+        try:
+            code = await poll(
+                self.proc.poll,
+                until=lambda code: code is not None,
+                what="the service to exit",
+                timeout=timeout,
+            )
+        except AssertionError:
+            message = f"service still running after {timeout} s:\n{self.log()}"
+            raise AssertionError(message) from None
+        assert code is not None
         return code
 
     async def stop(self, timeout: float) -> int:

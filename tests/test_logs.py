@@ -12,7 +12,8 @@ import pytest
 from csvcompress import logs
 from csvcompress.config import CloudinarySettings, LogSettings
 from tests import images
-from tests.conftest import Origin, ServiceFactory, csv_bytes
+from tests.conftest import ServiceFactory, csv_bytes
+from tests.servers import Origin
 
 API_KEY = "ak-7Hq2vN9xLmP4"
 CLOUDINARY_KEY = "874837483274837"

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 
-from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import images
-from tests.conftest import HookReceiver, Origin, Service, ServiceFactory, csv_bytes
+from tests.conftest import Service, ServiceFactory, csv_bytes
+from tests.servers import Origin, Receiver
+from tests.waiting import poll
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -33,7 +32,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 async def test_metrics_count_a_known_job_exactly(
     create_service: ServiceFactory,
     origin: Origin,
-    hook_receiver: HookReceiver,
+    receiver: Receiver,
 ) -> None:
     service = await create_service()
     shirt = images.photo_jpeg(120, 80)
@@ -44,10 +43,10 @@ async def test_metrics_count_a_known_job_exactly(
 
     request_id = await service.submit(
         csv_bytes([["1", "Shirt", f"{a}, {missing}"], ["2", "Hat", b]]),
-        webhook_url=hook_receiver.url,
+        webhook_url=receiver.url,
     )
     doc = await service.wait(request_id)
-    await hook_receiver.wait_for(1)
+    await receiver.wait_for(1)
     samples = await scrape(service)
 
     assert doc["images"] == {"total": 3, "succeeded": 2, "failed": 1, "pending": 0}
@@ -77,46 +76,27 @@ async def test_queue_depth_and_in_flight_downloads_while_a_job_runs(
 ) -> None:
     # Two download slots plus one compression thread: three workers.
     service = await create_service(fetch={"concurrency": 2}, workers={"threads": 1})
-    gate = asyncio.Event()
     data = images.photo_jpeg(32, 24)
+    urls = [origin.add(f"held/{n}.jpg", data, held=True) for n in range(7)]
 
-    async def held(request: web.Request) -> web.Response:
-        await gate.wait()
-        return web.Response(body=data, content_type="image/jpeg")
+    async def running() -> dict[str, float]:
+        samples = await scrape(service)
+        return {
+            "downloading": value(samples, "csvcompress_in_flight", stage="download"),
+            "compressing": value(samples, "csvcompress_in_flight", stage="compress"),
+            "queued": value(samples, "csvcompress_queued_images"),
+            "processing": value(samples, "csvcompress_requests", status="processing"),
+        }
 
-    urls = [origin.route(f"held/{n}.jpg", held) for n in range(7)]
     try:
         request_id = await service.submit(csv_bytes([["1", "Many", ", ".join(urls)]]))
         # Every worker ends up in the download stage: two on the wire (fetch.concurrency is
         # the connection limit), the third waiting for a connection; nothing can finish.
-        expected = {
-            ("csvcompress_in_flight", "download"): 3,
-            ("csvcompress_in_flight", "compress"): 0,
-            ("csvcompress_queued_images", ""): 7,
-            ("csvcompress_requests", "processing"): 1,
-        }
-        deadline = time.monotonic() + 10
-        while True:
-            samples = await scrape(service)
-            seen = {
-                ("csvcompress_in_flight", "download"): value(
-                    samples, "csvcompress_in_flight", stage="download"
-                ),
-                ("csvcompress_in_flight", "compress"): value(
-                    samples, "csvcompress_in_flight", stage="compress"
-                ),
-                ("csvcompress_queued_images", ""): value(samples, "csvcompress_queued_images"),
-                ("csvcompress_requests", "processing"): value(
-                    samples, "csvcompress_requests", status="processing"
-                ),
-            }
-            if seen == expected or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.02)
-        assert seen == expected
+        expected = {"downloading": 3, "compressing": 0, "queued": 7, "processing": 1}
+        await poll(running, until=lambda seen: seen == expected, what=f"metrics {expected}")
         assert sum(origin.hits.values()) == 2
     finally:
-        gate.set()
+        origin.release()
     await service.wait(request_id)
     samples = await scrape(service)
     assert value(samples, "csvcompress_queued_images") == 0

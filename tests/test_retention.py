@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-
-from aiohttp import web
 
 from csvcompress.clock import iso_days_before
 from csvcompress.http.keys import SERVICE
 from tests import images
-from tests.conftest import HookReceiver, Origin, Service, ServiceFactory, csv_bytes
-
-
-def _count(db_path: str, table: str, column: str, request_id: str) -> int:
-    with sqlite3.connect(db_path) as conn:
-        found = conn.execute(f"SELECT count(*) FROM {table} WHERE {column} = ?", (request_id,))
-        return int(found.fetchone()[0])
+from tests.conftest import Service, ServiceFactory, csv_bytes
+from tests.servers import Origin, Receiver
+from tests.waiting import poll
 
 
 def _age(db_path: str, request_id: str, days: int) -> None:
@@ -32,15 +23,6 @@ def _age(db_path: str, request_id: str, days: int) -> None:
         )
 
 
-def _files(service: Service, request_id: str) -> list[Path]:
-    data_dir = Path(service.settings.database.path).parent
-    return [
-        Path(service.settings.storage.dir) / request_id,
-        data_dir / "outputs" / f"{request_id}.csv",
-        data_dir / "uploads" / f"{request_id}.csv",
-    ]
-
-
 async def _run_job(service: Service, origin: Origin, name: str, webhook: str | None = None) -> str:
     url = origin.add(f"{name}.jpg", images.photo_jpeg(40, 30))
     request_id = await service.submit(csv_bytes([["1", name, url]]), webhook_url=webhook)
@@ -49,32 +31,30 @@ async def _run_job(service: Service, origin: Origin, name: str, webhook: str | N
 
 
 async def test_old_finished_requests_are_removed_with_their_files_and_rows(
-    create_service: ServiceFactory, origin: Origin, hook_receiver: HookReceiver
+    create_service: ServiceFactory, origin: Origin, receiver: Receiver
 ) -> None:
     service = await create_service(retention={"days": 30, "interval": 0.1})
     db_path = service.settings.database.path
-    old = await _run_job(service, origin, "old", hook_receiver.url)
-    recent = await _run_job(service, origin, "recent", hook_receiver.url)
-    await hook_receiver.wait_for(2)
-    assert all(path.exists() for path in _files(service, old) + _files(service, recent))
-    assert _count(db_path, "deliveries", "request_id", old) == 1
+    old = await _run_job(service, origin, "old", receiver.url)
+    recent = await _run_job(service, origin, "recent", receiver.url)
+    await receiver.wait_for(2)
+    assert all(path.exists() for path in service.files(old) + service.files(recent))
+    assert service.rows(old)["deliveries"] == 1
 
     _age(db_path, old, days=31)
     _age(db_path, recent, days=29)
 
-    deadline = time.monotonic() + 15
-    while _count(db_path, "requests", "request_id", old):
-        assert time.monotonic() < deadline, "the old request was not removed"
-        await asyncio.sleep(0.05)
+    await poll(
+        lambda: service.rows(old)["requests"] == 0, what="the sweep to remove the old request"
+    )
 
-    assert [path.exists() for path in _files(service, old)] == [False, False, False]
-    assert _count(db_path, "images", "request_id", old) == 0
-    assert _count(db_path, "deliveries", "request_id", old) == 0
+    assert [path.exists() for path in service.files(old)] == [False, False, False]
+    assert service.rows(old) == {"requests": 0, "images": 0, "deliveries": 0}
     async with service.client.get(f"{service.url}/status/{old}") as resp:
         assert resp.status == 404
     # The newer request is untouched, its output still downloadable.
-    assert all(path.exists() for path in _files(service, recent))
-    assert _count(db_path, "images", "request_id", recent) == 1
+    assert all(path.exists() for path in service.files(recent))
+    assert service.rows(recent) == {"requests": 1, "images": 1, "deliveries": 1}
     doc = await service.status(recent)
     assert doc["status"] == "complete"
     assert len(await service.output_rows(doc)) == 1
@@ -86,17 +66,9 @@ async def test_unfinished_requests_are_never_removed(
     service = await create_service(retention={"days": 1, "interval": 3600})
     db_path = service.settings.database.path
     done = await _run_job(service, origin, "done")
-    gate = asyncio.Event()
-
-    async def held(request: web.Request) -> web.Response:
-        await gate.wait()
-        return web.Response(status=404)
-
-    running = await service.submit(csv_bytes([["1", "R", origin.route("held.jpg", held)]]))
-    deadline = time.monotonic() + 10
-    while not origin.hits["held.jpg"]:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.02)
+    held = origin.add("held.jpg", status=404, held=True)
+    running = await service.submit(csv_bytes([["1", "R", held]]))
+    await origin.wait_for_hits(1, "held.jpg")
     _age(db_path, done, days=2)
     _age(db_path, running, days=2)
 
@@ -105,10 +77,10 @@ async def test_unfinished_requests_are_never_removed(
         assert await retention.sweep(datetime.now(UTC)) == 1
         assert (await service.status(running))["status"] == "processing"
     finally:
-        gate.set()
+        origin.release()
 
-    assert _count(db_path, "requests", "request_id", done) == 0
-    assert _count(db_path, "requests", "request_id", running) == 1
+    assert service.rows(done)["requests"] == 0
+    assert service.rows(running)["requests"] == 1
 
 
 async def test_days_zero_keeps_everything(create_service: ServiceFactory, origin: Origin) -> None:
@@ -119,5 +91,5 @@ async def test_days_zero_keeps_everything(create_service: ServiceFactory, origin
 
     retention = service.runner.app[SERVICE].retention
     assert await retention.sweep(datetime.now(UTC) + timedelta(days=3650)) == 0
-    assert _count(db_path, "requests", "request_id", request_id) == 1
-    assert all(path.exists() for path in _files(service, request_id))
+    assert service.rows(request_id)["requests"] == 1
+    assert all(path.exists() for path in service.files(request_id))

@@ -33,17 +33,19 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
+from csvcompress.models import FINISHED_STATUSES
 from tests import images
-from tests.conftest import csv_bytes, free_port
+from tests.conftest import csv_bytes
 from tests.procs import ServiceProcess
+from tests.servers import Listener, Origin
+from tests.waiting import poll
 
 ORIGIN_HOST = "127.0.0.3"
 MAX_BYTES = 8 * 1024 * 1024
@@ -53,6 +55,8 @@ FETCH_TIMEOUT = 1.0
 # answers of a second or more, hence also the bound on the slowest answer.
 STATUS_P95_LIMIT = 0.150
 STATUS_MAX_LIMIT = 1.0
+# Seconds between two status requests while the attacks run.
+STATUS_SAMPLE_INTERVAL = 0.01
 RSS_GROWTH_LIMIT = 200 * 1024 * 1024
 ENDLESS_BODIES = 4
 GOOD = "good"
@@ -65,42 +69,34 @@ MAPPED = str(ipaddress.IPv6Address("::ffff:127.0.0.2"))
 # --- the hostile origin, in a thread of its own ------------------------------------------------
 
 
-@dataclass
-class Listener:
-    """A forbidden destination: accepts and counts TCP connections, says nothing."""
-
-    host: str
-    port: int = 0
-    connections: int = 0
-
-    def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        writer.close()
-
-
-@dataclass
 class HostileOrigin:
-    """An image origin at 127.0.0.3 serving good images and attacks; forbidden listeners beside."""
+    """The origin at 127.0.0.3 serving good images and attacks, and the forbidden
+    listeners beside it, on an event loop of their own: the test's loop measures the
+    service's answers, and must not also be pumping endless bodies."""
 
-    port: int = 0
-    hits: Counter[str] = field(default_factory=Counter)
-    loopback: Listener = field(default_factory=lambda: Listener("127.0.0.1"))
-    other: Listener = field(default_factory=lambda: Listener("127.0.0.2"))
-    ipv6: Listener | None = field(default_factory=lambda: Listener("::1"))
-    _thread: threading.Thread | None = None
-    _loop: asyncio.AbstractEventLoop | None = None
-    _stop: asyncio.Event | None = None
-    _ready: threading.Event = field(default_factory=threading.Event)
-    _error: BaseException | None = None
-    bodies: dict[str, bytes] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self.origin = Origin()
+        self.loopback = Listener("127.0.0.1")
+        self.other = Listener("127.0.0.2")
+        self.ipv6: Listener | None = Listener("::1")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._bodies: dict[str, bytes] = {}
 
     @property
     def url(self) -> str:
-        return f"http://{ORIGIN_HOST}:{self.port}"
+        return self.origin.url
+
+    @property
+    def hits(self) -> Counter[str]:
+        return self.origin.hits
 
     def start(self) -> None:
         # Bodies are made before serving: making them on the origin's loop would stall it.
-        self.bodies = {
+        self._bodies = {
             "good": images.photo_jpeg(320, 240),
             "truncated": images.truncated_jpeg(),
             "bomb": images.png_bomb(),
@@ -127,134 +123,50 @@ class HostileOrigin:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        app = web.Application()
-        app.router.add_get("/{path:.+}", self._serve)
-        runner = web.AppRunner(app, shutdown_timeout=1)
-        await runner.setup()
-        self.port = free_port()
-        await web.TCPSite(runner, ORIGIN_HOST, self.port).start()
-        servers = []
-        for listener in (self.loopback, self.other, self.ipv6):
-            if listener is None:
-                continue
+        await self.origin.start(ORIGIN_HOST)
+        await self.loopback.start()
+        await self.other.start()
+        if self.ipv6 is not None:
             try:
-                server = await asyncio.start_server(listener.accept, listener.host, 0)
+                await self.ipv6.start()
             except OSError:
                 self.ipv6 = None  # no IPv6 loopback on this machine
-                continue
-            listener.port = server.sockets[0].getsockname()[1]
-            servers.append(server)
+        self._script()
         self._ready.set()
         await self._stop.wait()
-        for server in servers:
-            server.close()
-        await runner.cleanup()
+        await self.origin.close()
+        for listener in (self.loopback, self.other, self.ipv6):
+            if listener is not None:
+                await listener.close()
 
-    async def _serve(self, request: web.Request) -> web.StreamResponse:
-        path = request.match_info["path"]
-        self.hits[path] += 1
-        handlers = {
-            "good": self._good,
-            "endless": self._endless,
-            "claims-huge": self._claims_huge,
-            "gzip-bomb": self._gzip_bomb,
-            "drip": self._drip,
-            "bomb.png": self._bomb,
-            "loop": self._redirect_loop,
-            "redirect": self._redirect,
-            "html.jpg": self._html,
-            "svg.svg": self._svg,
-            "truncated.jpg": self._truncated,
-            "empty.jpg": self._empty,
-        }
-        handler = handlers.get(path.partition("/")[0])
-        if handler is None:
-            raise web.HTTPNotFound()
-        return await handler(request, path)
-
-    async def _good(self, request: web.Request, path: str) -> web.Response:
-        return web.Response(body=self.bodies["good"], content_type="image/jpeg")
-
-    async def _endless(self, request: web.Request, path: str) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
-        response.enable_chunked_encoding()
-        await response.prepare(request)
-        chunk = b"\xff" * 65536
-        while not self._stopping():
-            try:
-                await response.write(chunk)
-            except (OSError, RuntimeError):
-                break
-        return response
-
-    async def _claims_huge(self, request: web.Request, path: str) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
-        response.content_length = 10**12
-        await response.prepare(request)
-        await response.write(b"\xff\xd8\xff")
-        await self._wait_stop(10)
-        return response
-
-    async def _gzip_bomb(self, request: web.Request, path: str) -> web.Response:
-        headers = {"Content-Type": "image/jpeg", "Content-Encoding": "gzip"}
-        return web.Response(body=self.bodies["gzip-bomb"], headers=headers)
-
-    async def _drip(self, request: web.Request, path: str) -> web.StreamResponse:
-        """One byte a second, of a JPEG that would take 20 minutes."""
-        data = self.bodies["good"]
-        response = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
-        response.content_length = len(data)
-        await response.prepare(request)
-        for byte in data:
-            try:
-                await response.write(bytes([byte]))
-            except (OSError, RuntimeError):
-                break
-            if await self._wait_stop(1.0):
-                break
-        return response
-
-    async def _bomb(self, request: web.Request, path: str) -> web.Response:
-        return web.Response(body=self.bodies["bomb"], content_type="image/png")
-
-    async def _redirect_loop(self, request: web.Request, path: str) -> web.Response:
-        """/loop/a -> /loop/b -> /loop/a -> ..."""
-        other = "b" if path.endswith("/a") else "a"
-        return web.Response(status=302, headers={"Location": f"/loop/{other}"})
-
-    async def _redirect(self, request: web.Request, path: str) -> web.Response:
-        targets = {
-            "redirect/loopback": f"http://127.0.0.2:{self.other.port}/x",
-            "redirect/localhost": f"http://localhost:{self.loopback.port}/x",
-            "redirect/metadata": "http://169.254.169.254/latest/meta-data/iam/",
-            "redirect/decimal": f"http://2130706433:{self.loopback.port}/x",
-            "redirect/mapped": f"http://[::ffff:127.0.0.2]:{self.other.port}/x",
-            "redirect/hop": "/redirect/loopback",
-        }
-        return web.Response(status=301, headers={"Location": targets[path]})
-
-    async def _html(self, request: web.Request, path: str) -> web.Response:
-        return web.Response(body=images.html(), content_type="image/jpeg")
-
-    async def _svg(self, request: web.Request, path: str) -> web.Response:
-        return web.Response(body=images.svg(), content_type="image/svg+xml")
-
-    async def _truncated(self, request: web.Request, path: str) -> web.Response:
-        return web.Response(body=self.bodies["truncated"], content_type="image/jpeg")
-
-    async def _empty(self, request: web.Request, path: str) -> web.Response:
-        return web.Response(body=b"", content_type="image/jpeg")
-
-    def _stopping(self) -> bool:
-        return self._stop is not None and self._stop.is_set()
-
-    async def _wait_stop(self, seconds: float) -> bool:
-        assert self._stop is not None
-        try:
-            await asyncio.wait_for(self._stop.wait(), seconds)
-        except TimeoutError:
-            return False
-        return True
+    def _script(self) -> None:
+        origin, bodies = self.origin, self._bodies
+        for name in ("first.jpg", "last.jpg", "warm", "after"):
+            origin.add(f"good/{name}", bodies["good"])
+        for n in range(ENDLESS_BODIES):
+            origin.endless(f"endless/{n}")
+        origin.stall("claims-huge", length=10**12, sent=b"\xff\xd8\xff")
+        origin.add("gzip-bomb", bodies["gzip-bomb"], headers={"Content-Encoding": "gzip"})
+        # One byte a second, of a JPEG that would take 20 minutes.
+        origin.drip("drip", bodies["good"], every=1.0)
+        origin.add("bomb.png", bodies["bomb"], "image/png")
+        # /loop/a -> /loop/b -> /loop/a -> ...
+        origin.add("loop/a", status=302, headers={"Location": "/loop/b"})
+        origin.add("loop/b", status=302, headers={"Location": "/loop/a"})
+        lo, p2 = self.loopback.port, self.other.port
+        for name, target in {
+            "loopback": f"http://127.0.0.2:{p2}/x",
+            "localhost": f"http://localhost:{lo}/x",
+            "metadata": "http://169.254.169.254/latest/meta-data/iam/",
+            "decimal": f"http://2130706433:{lo}/x",
+            "mapped": f"http://[::ffff:127.0.0.2]:{p2}/x",
+            "hop": "/redirect/loopback",
+        }.items():
+            origin.add(f"redirect/{name}", status=301, headers={"Location": target})
+        origin.add("html.jpg", images.html())
+        origin.add("svg.svg", images.svg(), "image/svg+xml")
+        origin.add("truncated.jpg", bodies["truncated"])
+        origin.add("empty.jpg", b"")
 
 
 # --- the attacks ---------------------------------------------------------------------------
@@ -427,16 +339,24 @@ async def _watch(
     """Ask for the status every 10 ms until done; (last status, latencies, peak sampled RSS)."""
     latencies: list[float] = []
     peak = 0
-    deadline = time.monotonic() + 60
-    while True:
+
+    async def sample() -> dict[str, Any]:
+        nonlocal peak
         started = time.perf_counter()
         async with client.get(f"{base}/status/{request_id}") as resp:
             doc: dict[str, Any] = await resp.json()
         latencies.append(time.perf_counter() - started)
         peak = max(peak, _memory(pid)["VmRSS"])
-        if doc["status"] in ("complete", "failed") or time.monotonic() > deadline:
-            return doc, latencies, peak
-        await asyncio.sleep(0.01)
+        return doc
+
+    doc = await poll(
+        sample,
+        until=lambda doc: doc["status"] in FINISHED_STATUSES,
+        what=f"request {request_id} to finish",
+        timeout=60,
+        interval=STATUS_SAMPLE_INTERVAL,
+    )
+    return doc, latencies, peak
 
 
 async def _output(client: aiohttp.ClientSession, doc: dict[str, Any]) -> dict[str, dict[str, str]]:

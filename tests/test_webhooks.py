@@ -11,13 +11,10 @@ import re
 import sqlite3
 import stat
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 from standardwebhooks import Webhook, WebhookVerificationError
@@ -36,88 +33,16 @@ from csvcompress.webhooks import (
     resolve_secret,
 )
 from tests import images
-from tests.conftest import (
-    Origin,
-    Service,
-    ServiceFactory,
-    csv_bytes,
-    free_port,
-    wait_for_deliveries,
-)
+from tests.conftest import WEBHOOK_SECRET, ServeApp, Service, ServiceFactory, csv_bytes
 from tests.procs import ServiceProcess
+from tests.servers import Origin, Receiver, Reply, free_port, status
+from tests.waiting import never
 
 ROOT = Path(__file__).resolve().parent.parent
-SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
 FAST = (0, 0.1, 0.1)
-
-
-# --- the receiver -----------------------------------------------------------------
-
-
-@dataclass
-class Received:
-    headers: dict[str, str]
-    body: bytes
-    at: float
-    verified: Any = None  # the payload standardwebhooks' verifier returned
-    refused: str | None = None  # why the verifier refused it
-
-
-Reply = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def status(code: int, **headers: str) -> Reply:
-    async def reply(_: web.Request) -> web.StreamResponse:
-        return web.Response(status=code, headers=headers)
-
-    return reply
-
-
-@dataclass
-class Receiver:
-    """A real HTTP endpoint: records each delivery, checks its signature, answers as scripted.
-
-    `replies` are used in turn, the last one for every delivery after them.
-    """
-
-    url: str
-    secret: str | None = None
-    replies: list[Reply] = field(default_factory=lambda: [status(204)])
-    received: list[Received] = field(default_factory=list)
-    other_hits: int = 0
-
-    async def _hook(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        got = Received(dict(request.headers), body, time.time())
-        if self.secret is not None:
-            try:
-                got.verified = Webhook(self.secret).verify(body, dict(request.headers))
-            except WebhookVerificationError as exc:
-                got.refused = str(exc)
-        self.received.append(got)
-        reply = self.replies[min(len(self.received), len(self.replies)) - 1]
-        return await reply(request)
-
-    async def _other(self, request: web.Request) -> web.StreamResponse:
-        self.other_hits += 1
-        return web.Response(status=204)
-
-    async def wait_for(self, count: int, timeout: float = 20.0) -> list[Received]:
-        return await wait_for_deliveries(self.received, count, timeout)
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    port = free_port()
-    server = Receiver(url=f"http://127.0.0.1:{port}/hook", secret=SECRET)
-    app = web.Application()
-    app.router.add_post("/hook", server._hook)
-    app.router.add_route("*", "/elsewhere", server._other)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield server
-    await runner.cleanup()
+# Seconds within which a delivery that was going to come has come: the schedules here
+# retry within 0.1 s, and queued deliveries go at once.
+WOULD_HAVE_ARRIVED = 0.5
 
 
 # --- helpers ----------------------------------------------------------------------
@@ -132,21 +57,19 @@ async def finished_request(service: Service, origin: Origin, webhook_url: str) -
 
 
 async def wait_webhook(
-    service: Service, request_id: str, state: str, timeout: float = 20.0
+    service: Service | ServiceProcess, request_id: str, state: str, timeout: float = 20.0
 ) -> dict[str, Any]:
     """The status document once its webhook has reached `state`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        doc = await service.status(request_id)
-        if doc["webhook"]["state"] == state:
-            return doc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"webhook never became {state}: {doc['webhook']}")
-        await asyncio.sleep(0.02)
+    return await service.wait_until(
+        request_id,
+        lambda doc: doc["webhook"]["state"] == state,
+        f"the webhook to become {state}",
+        timeout,
+    )
 
 
 def webhook_settings(**values: Any) -> dict[str, Any]:
-    return {"secret": SECRET, "retry_schedule": FAST, **values}
+    return {"retry_schedule": FAST, **values}
 
 
 # --- signing and the payload -------------------------------------------------------
@@ -191,7 +114,7 @@ async def test_delivery_is_signed_the_standard_webhooks_way(
 async def test_fails_twice_then_succeeds_with_one_webhook_id(
     create_service: ServiceFactory, origin: Origin, receiver: Receiver
 ) -> None:
-    receiver.replies = [status(500), status(500), status(200)]
+    receiver.script(status(500), status(500), status(200))
     service = await create_service(webhook=webhook_settings())
     request_id = await finished_request(service, origin, receiver.url)
 
@@ -228,15 +151,15 @@ async def test_receiver_down_ends_failed_and_the_request_stays_complete(
 async def test_pending_delivery_shows_when_it_is_tried_next(
     create_service: ServiceFactory, origin: Origin, receiver: Receiver
 ) -> None:
-    receiver.replies = [status(502), status(204)]
+    receiver.script(status(502), status(204))
     service = await create_service(webhook=webhook_settings(retry_schedule=(0, 30)))
     request_id = await finished_request(service, origin, receiver.url)
     await receiver.wait_for(1)
 
-    deadline = time.monotonic() + 10
-    while (webhook := (await service.status(request_id))["webhook"])["attempts"] < 1:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.02)
+    doc = await service.wait_until(
+        request_id, lambda doc: doc["webhook"]["attempts"] >= 1, "the first attempt recorded"
+    )
+    webhook = doc["webhook"]
 
     assert webhook["state"] == "pending"
     assert (webhook["last_status"], webhook["last_error"]) == (502, "HTTP 502")
@@ -248,12 +171,16 @@ async def test_pending_delivery_shows_when_it_is_tried_next(
 async def test_gone_stops_retrying(
     create_service: ServiceFactory, origin: Origin, receiver: Receiver
 ) -> None:
-    receiver.replies = [status(410)]
+    receiver.script(status(410))
     service = await create_service(webhook=webhook_settings(retry_schedule=(0, 0.05, 0.05)))
     request_id = await finished_request(service, origin, receiver.url)
 
     doc = await wait_webhook(service, request_id, "failed")
-    await asyncio.sleep(0.5)  # time for two more attempts, were any planned
+    await never(
+        lambda: len(receiver.received) > 1,
+        what="another attempt after 410 Gone",
+        within=WOULD_HAVE_ARRIVED,
+    )
 
     assert len(receiver.received) == 1
     assert doc["webhook"]["attempts"] == 1
@@ -264,7 +191,7 @@ async def test_gone_stops_retrying(
 async def test_redirect_is_a_failure_and_not_followed(
     create_service: ServiceFactory, origin: Origin, receiver: Receiver
 ) -> None:
-    receiver.replies = [status(307, Location="/elsewhere")]
+    receiver.script(status(307, Location="/elsewhere"))
     service = await create_service(webhook=webhook_settings(retry_schedule=(0, 0.05)))
     request_id = await finished_request(service, origin, receiver.url)
 
@@ -280,7 +207,7 @@ async def test_redirect_is_a_failure_and_not_followed(
 async def test_retry_after_is_honoured(
     create_service: ServiceFactory, origin: Origin, receiver: Receiver, code: int
 ) -> None:
-    receiver.replies = [status(code, **{"Retry-After": "1"}), status(204)]
+    receiver.script(status(code, **{"Retry-After": "1"}), status(204))
     service = await create_service(webhook=webhook_settings(retry_schedule=(0, 0.05)))
     request_id = await finished_request(service, origin, receiver.url)
 
@@ -295,20 +222,14 @@ async def test_retry_after_is_honoured(
 async def test_a_receiver_too_slow_to_answer_times_out_and_is_retried(
     create_service: ServiceFactory, origin: Origin, receiver: Receiver
 ) -> None:
-    release = asyncio.Event()
-
-    async def hang(_: web.Request) -> web.StreamResponse:
-        await release.wait()
-        return web.Response(status=204)
-
-    receiver.replies = [hang, status(204)]
+    receiver.script(Reply(status=204, held=True), status(204))
     service = await create_service(webhook=webhook_settings(timeout=0.3))
     request_id = await finished_request(service, origin, receiver.url)
 
     try:
         doc = await wait_webhook(service, request_id, "delivered")
     finally:
-        release.set()
+        receiver.release()
 
     assert len(receiver.received) == 2
     assert doc["webhook"]["attempts"] == 2
@@ -344,27 +265,31 @@ async def test_forbidden_address_is_refused_at_delivery(create_service: ServiceF
 async def test_deliveries_in_flight_are_bounded(
     create_service: ServiceFactory, receiver: Receiver
 ) -> None:
-    release = asyncio.Event()
     now_open = peak = 0
+    released = receiver.gate()
 
     async def held(_: web.Request) -> web.StreamResponse:
         nonlocal now_open, peak
         now_open += 1
         peak = max(peak, now_open)
-        await release.wait()
+        await released.wait()
         now_open -= 1
         return web.Response(status=204)
 
-    receiver.replies = [held]
+    receiver.script(held)
     service = await create_service(webhook=webhook_settings())
     try:
         for n in range(20):
             await finish_directly(service, f"r-{n}", receiver.url)
         await receiver.wait_for(MAX_CONCURRENT_DELIVERIES)
-        await asyncio.sleep(0.3)  # room for a ninth to arrive, were there no bound
+        await never(
+            lambda: len(receiver.received) > MAX_CONCURRENT_DELIVERIES,
+            what=f"more than {MAX_CONCURRENT_DELIVERIES} deliveries in flight at once",
+            within=WOULD_HAVE_ARRIVED,
+        )
         assert len(receiver.received) == MAX_CONCURRENT_DELIVERIES
     finally:
-        release.set()
+        receiver.release()
     for n in range(20):
         await wait_webhook(service, f"r-{n}", "delivered")
 
@@ -404,13 +329,7 @@ async def test_redeliver_refusals(
     create_service: ServiceFactory, origin: Origin, receiver: Receiver
 ) -> None:
     service = await create_service(webhook=webhook_settings())
-    release = asyncio.Event()
-
-    async def slow(_: web.Request) -> web.StreamResponse:
-        await release.wait()
-        return web.Response(body=images.photo_jpeg(16, 16), content_type="image/jpeg")
-
-    slow_url = origin.route("slow.jpg", slow)
+    slow_url = origin.add("slow.jpg", images.photo_jpeg(16, 16), held=True)
     plain = origin.add("plain.jpg", images.photo_jpeg(16, 16))
     waiting = await service.submit(csv_bytes([["1", "Slow", slow_url]]), receiver.url)
     no_hook = await service.submit(csv_bytes([["1", "Plain", plain]]))
@@ -435,7 +354,7 @@ async def test_redeliver_refusals(
         )
         assert (await service.status(waiting))["webhook"]["state"] == "waiting"
     finally:
-        release.set()
+        origin.release()
     await wait_webhook(service, waiting, "delivered")
 
 
@@ -458,7 +377,7 @@ async def test_webhook_lost_between_finish_and_queueing_is_sent_at_start(
 
     assert len(receiver.received) == 2
     second = receiver.received[1]
-    assert second.verified["data"]["request_id"] == request_id
+    assert second.payload["data"]["request_id"] == request_id
     assert doc["webhook"]["id"] == second.headers["webhook-id"]
 
 
@@ -469,7 +388,8 @@ async def test_generated_secret_is_kept_and_used(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="csvcompress.webhooks")
-    service = await create_service(webhook={"retry_schedule": FAST})
+    # No secret in the settings: the service makes one.
+    service = await create_service(webhook={"secret": "", "retry_schedule": FAST})
     path = service.settings.data_dir / "webhook_secret"
     secret = path.read_text().strip()
     receiver.secret = secret
@@ -477,7 +397,7 @@ async def test_generated_secret_is_kept_and_used(
     (got,) = await receiver.wait_for(1)
     await service.runner.cleanup()
 
-    await create_service(webhook={"retry_schedule": FAST})
+    await create_service(webhook={"secret": "", "retry_schedule": FAST})
 
     assert got.refused is None and got.verified is not None
     assert re.fullmatch(r"whsec_[A-Za-z0-9+/]{43}=", secret)
@@ -490,7 +410,7 @@ async def test_generated_secret_is_kept_and_used(
 
 
 def test_secret_setting_is_checked() -> None:
-    settings_from_dict({"webhook": {"secret": SECRET}})
+    settings_from_dict({"webhook": {"secret": WEBHOOK_SECRET}})
     with pytest.raises(ConfigError) as refused:
         settings_from_dict({"webhook": {"secret": "hunter2"}})
     assert refused.value.message == (
@@ -552,17 +472,15 @@ def readme_receiver() -> str:
 async def test_readme_receiver_verifies_deliveries(
     create_service: ServiceFactory,
     origin: Origin,
+    serve_app: ServeApp,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     code = readme_receiver()
     assert code.count('"whsec_..."') == 1
     namespace: dict[str, Any] = {"__name__": "readme_receiver"}
-    exec(compile(code.replace('"whsec_..."', repr(SECRET)), "README.md", "exec"), namespace)
-    port = free_port()
-    runner = web.AppRunner(namespace["app"])
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    hook = f"http://127.0.0.1:{port}/hooks/csv"
+    exec(compile(code.replace('"whsec_..."', repr(WEBHOOK_SECRET)), "README.md", "exec"), namespace)
+    readme_app = await serve_app(namespace["app"])
+    hook = f"{readme_app.url}/hooks/csv"
     try:
         service = await create_service(webhook=webhook_settings())
         request_id = await finished_request(service, origin, hook)
@@ -584,7 +502,7 @@ async def test_readme_receiver_verifies_deliveries(
         ) as resp:
             assert resp.status == 400
     finally:
-        await runner.cleanup()
+        await readme_app.close()
 
     doc = await service.status(request_id)
     printed = capsys.readouterr().out.splitlines()
@@ -595,12 +513,6 @@ async def test_readme_receiver_verifies_deliveries(
 # --- surviving a kill -------------------------------------------------------------
 
 
-async def _webhook_of(base: str, request_id: str) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as client, client.get(f"{base}/status/{request_id}") as r:
-        doc: dict[str, Any] = await r.json()
-    return doc
-
-
 async def test_kill_during_the_retry_wait_resumes_after_restart(
     tmp_path: Path, origin: Origin, receiver: Receiver
 ) -> None:
@@ -609,20 +521,18 @@ async def test_kill_during_the_retry_wait_resumes_after_restart(
         fetch={"allowed_networks": ["127.0.0.0/8"]},
         webhook={"retry_schedule": [0, 4]},
     )
-    base = service.url
-    receiver.replies = [status(500), status(204)]
-    receiver.secret = None  # generated by the service; read once it has started
+    receiver.script(status(500), status(204))
     image = origin.add("shirt.jpg", images.photo_jpeg(32, 24))
     secret_file = tmp_path / "data" / "webhook_secret"
 
     await service.start()
     try:
-        secret = secret_file.read_text().strip()
+        # Generated by the service at its first start.
+        receiver.secret = secret = secret_file.read_text().strip()
         request_id = await service.submit(csv_bytes([["1", "Shirt", image]]), receiver.url)
-        deadline = time.monotonic() + 20
-        while (doc := await _webhook_of(base, request_id))["webhook"]["attempts"] < 1:
-            assert time.monotonic() < deadline, doc
-            await asyncio.sleep(0.02)
+        doc = await service.wait_until(
+            request_id, lambda doc: doc["webhook"]["attempts"] >= 1, "the first attempt", 20
+        )
     finally:
         service.kill()
     planned = datetime.fromisoformat(doc["webhook"]["next_attempt_at"].replace("Z", "+00:00"))
@@ -633,10 +543,7 @@ async def test_kill_during_the_retry_wait_resumes_after_restart(
     await service.start()
     try:
         first, second = await receiver.wait_for(2, timeout=30)
-        deadline = time.monotonic() + 10
-        while (after := await _webhook_of(base, request_id))["webhook"]["state"] != "delivered":
-            assert time.monotonic() < deadline, after
-            await asyncio.sleep(0.02)
+        after = await wait_webhook(service, request_id, "delivered", timeout=10)
     finally:
         await service.stop(timeout=10)
 

@@ -10,7 +10,6 @@ import os
 import pty
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,8 @@ from aiohttp import web
 from csvcompress.cli import main as cli
 from csvcompress.cli.client import Progress
 from tests import images
-from tests.conftest import Origin, ServiceFactory, csv_bytes, free_port
+from tests.conftest import ServiceFactory, csv_bytes
+from tests.servers import Origin, free_port
 
 
 async def run(*args: str) -> int:
@@ -204,31 +204,20 @@ async def test_the_server_defaults_to_the_settings(
     assert capsys.readouterr().out.startswith(f"request  {request_id}\n")
 
 
-@pytest.fixture
-async def key_recorder() -> AsyncIterator[tuple[str, list[str | None]]]:
-    """A stand-in service that records the Authorization header and refuses with 401."""
-    seen: list[str | None] = []
-
-    async def handler(request: web.Request) -> web.Response:
-        seen.append(request.headers.get("Authorization"))
-        return web.json_response({"error": "this API needs a key"}, status=401)
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}", seen
-    await runner.cleanup()
-
-
 async def test_the_api_key_is_sent_from_the_option_or_the_environment(
-    key_recorder: tuple[str, list[str | None]],
+    origin: Origin,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    server, seen = key_recorder
+    # A stand-in service that notes the Authorization header and refuses with 401.
+    seen: list[str | None] = []
+
+    async def refuse(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        return web.json_response({"error": "this API needs a key"}, status=401)
+
+    origin.route("status/abc", refuse)
+    server = origin.url
     assert await run("status", "abc", "--server", server, "--api-key", "k1") == 2
     monkeypatch.setenv("CSVCOMPRESS_API_KEY", "k2")
     assert await run("status", "abc", "--server", server) == 2
@@ -264,7 +253,7 @@ async def test_the_real_command_on_a_terminal(
 ) -> None:
     """`python -m csvcompress submit --wait` as a user runs it, its progress on a terminal."""
     service = await create_service()
-    origin.delay = 0.3
+    origin.delay = 0.3  # slow images, so that the progress line is drawn more than once
     urls = [origin.add(f"{n}.jpg", images.photo_jpeg(64, 48, seed=n)) for n in range(3)]
     source = write_csv(tmp_path, [[str(n), f"P{n}", url] for n, url in enumerate(urls)])
     leader, follower = pty.openpty()

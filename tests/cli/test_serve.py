@@ -2,59 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import sqlite3
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
-from aiohttp import web
 
 from tests import images
-from tests.conftest import Origin, csv_bytes
+from tests.conftest import csv_bytes
 from tests.procs import ServiceProcess
+from tests.servers import Origin
+from tests.waiting import poll
 
 IMAGES = 12
-
-
-class Gate:
-    """Origin paths whose responses wait until the test opens the gate."""
-
-    def __init__(self, origin: Origin) -> None:
-        self.origin = origin
-        self.event = asyncio.Event()
-        self.data = {n: images.photo_jpeg(48, 32, seed=n) for n in range(IMAGES)}
-
-    def url(self, n: int) -> str:
-        async def held(request: web.Request) -> web.Response:
-            await self.event.wait()
-            return web.Response(body=self.data[n], content_type="image/jpeg")
-
-        return self.origin.route(f"{n}.jpg", held)
-
-    @property
-    def hits(self) -> int:
-        return sum(self.origin.hits.values())
-
-
-@pytest.fixture
-async def gate(origin: Origin) -> AsyncIterator[Gate]:
-    held = Gate(origin)
-    yield held
-    # Let every waiting origin handler end, so the origin can stop.
-    held.event.set()
-
-
-async def _until(condition: Any, what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def _image_states(db_path: Path) -> dict[str, int]:
@@ -62,50 +24,60 @@ def _image_states(db_path: Path) -> dict[str, int]:
         return dict(conn.execute("SELECT status, count(*) FROM images GROUP BY status").fetchall())
 
 
-async def _upload_two_in_flight(service: ServiceProcess, gate: Gate) -> str:
+def _held_image(origin: Origin, n: int) -> str:
+    """An image the origin answers for only once the test releases it."""
+    return origin.add(f"{n}.jpg", images.photo_jpeg(48, 32, seed=n), held=True)
+
+
+async def _upload_two_in_flight(service: ServiceProcess, origin: Origin) -> str:
     """Upload IMAGES held images; return the request id once two downloads are on the wire."""
-    rows = [[str(n + 1), f"Item {n}", gate.url(n)] for n in range(IMAGES)]
+    rows = [[str(n + 1), f"Item {n}", _held_image(origin, n)] for n in range(IMAGES)]
     request_id = await service.submit(csv_bytes(rows))
-
-    async def two_in_flight() -> bool:
-        return gate.hits == 2
-
-    await _until(two_in_flight, "two downloads in flight")
+    await origin.wait_for_hits(2)
+    # Two connections (fetch.concurrency), both held: a third download cannot start.
+    assert origin.hits.total() == 2
     return request_id
 
 
 async def _until_complete(service: ServiceProcess, request_id: str) -> dict[str, Any]:
     """The request's status once it is complete (after a restart)."""
+    return await service.wait_until(
+        request_id,
+        lambda doc: doc["status"] == "complete",
+        "the request to complete after the restart",
+        timeout=30,
+    )
+
+
+async def _signal_until_stopping(service: ServiceProcess, signum: signal.Signals) -> None:
+    """Send `signum`; return once /healthz answers that the service is stopping."""
+    service.send(signum)
     async with aiohttp.ClientSession() as client:
 
-        async def complete() -> bool:
-            async with client.get(f"{service.url}/status/{request_id}") as resp:
-                return bool((await resp.json())["status"] == "complete")
+        async def healthz() -> tuple[int, Any]:
+            async with client.get(f"{service.url}/healthz") as resp:
+                return resp.status, await resp.json()
 
-        await _until(complete, "the request to complete after the restart", timeout=30)
-        async with client.get(f"{service.url}/status/{request_id}") as resp:
-            doc: dict[str, Any] = await resp.json()
-            return doc
+        await poll(
+            healthz,
+            until=lambda got: got[0] == 503 and got[1]["status"] == "stopping",
+            what="/healthz to say stopping",
+        )
 
 
 async def test_sigterm_lets_in_flight_images_finish_and_the_next_start_completes(
-    tmp_path: Path, gate: Gate
+    tmp_path: Path, origin: Origin
 ) -> None:
     # fetch.concurrency 2 + 1 thread = 3 workers; two images on the wire when SIGTERM comes.
     service = ServiceProcess(tmp_path, workers={"threads": 1, "shutdown_grace": 30.0})
     await service.start()
     try:
         async with aiohttp.ClientSession() as client:
-            request_id = await _upload_two_in_flight(service, gate)
-            service.send(signal.SIGTERM)
-
-            async def stopping() -> bool:
-                async with client.get(f"{service.url}/healthz") as resp:
-                    return resp.status == 503 and (await resp.json())["status"] == "stopping"
-
-            await _until(stopping, "/healthz to say stopping")
+            request_id = await _upload_two_in_flight(service, origin)
+            await _signal_until_stopping(service, signal.SIGTERM)
             form = aiohttp.FormData()
-            form.add_field("file", csv_bytes([["1", "Late", gate.url(0)]]), filename="late.csv")
+            late = csv_bytes([["1", "Late", f"{origin.url}/0.jpg"]])
+            form.add_field("file", late, filename="late.csv")
             async with client.post(f"{service.url}/upload", data=form) as resp:
                 assert resp.status == 503
                 assert resp.headers["Retry-After"] == "30"
@@ -116,7 +88,7 @@ async def test_sigterm_lets_in_flight_images_finish_and_the_next_start_completes
                 assert resp.status == 200
 
             opened = time.monotonic()
-            gate.event.set()
+            origin.release()
             assert await service.exit_code(timeout=15) == 0
             assert time.monotonic() - opened < 10
     finally:
@@ -125,10 +97,10 @@ async def test_sigterm_lets_in_flight_images_finish_and_the_next_start_completes
     # The images in flight were finished and recorded; the rest wait in SQLite.
     states = _image_states(service.db_path)
     assert states["succeeded"] >= 2
-    assert states["succeeded"] == gate.hits
+    assert states["succeeded"] == origin.hits.total()
     assert states["pending"] == IMAGES - states["succeeded"]
     assert "stopping once the images in flight are done" in service.log()
-    hits_before = dict(gate.origin.hits)
+    hits_before = dict(origin.hits)
 
     await service.start()
     try:
@@ -140,17 +112,17 @@ async def test_sigterm_lets_in_flight_images_finish_and_the_next_start_completes
     assert doc["images"] == {"total": IMAGES, "succeeded": IMAGES, "failed": 0, "pending": 0}
     # Nothing finished before the stop was fetched again.
     for path, count in hits_before.items():
-        assert gate.origin.hits[path] == count == 1, path
-    assert gate.hits == IMAGES
+        assert origin.hits[path] == count == 1, path
+    assert origin.hits.total() == IMAGES
 
 
 async def test_when_the_grace_is_over_in_flight_images_stay_pending(
-    tmp_path: Path, gate: Gate
+    tmp_path: Path, origin: Origin
 ) -> None:
     service = ServiceProcess(tmp_path, workers={"threads": 1, "shutdown_grace": 1.0})
     await service.start()
     try:
-        request_id = await _upload_two_in_flight(service, gate)
+        request_id = await _upload_two_in_flight(service, origin)
         signalled = time.monotonic()
         service.send(signal.SIGTERM)
         assert await service.exit_code(timeout=20) == 0
@@ -168,30 +140,23 @@ async def test_when_the_grace_is_over_in_flight_images_stay_pending(
     assert "3 image(s) in flight stay pending for the next start" in service.log()
 
 
-async def test_a_second_signal_exits_at_once_losing_nothing(tmp_path: Path, gate: Gate) -> None:
+async def test_a_second_signal_exits_at_once_losing_nothing(tmp_path: Path, origin: Origin) -> None:
     service = ServiceProcess(tmp_path, workers={"threads": 1, "shutdown_grace": 60.0})
     await service.start()
     try:
-        async with aiohttp.ClientSession() as client:
-            request_id = await _upload_two_in_flight(service, gate)
-            service.send(signal.SIGINT)
-
-            async def stopping() -> bool:
-                async with client.get(f"{service.url}/healthz") as resp:
-                    return resp.status == 503
-
-            await _until(stopping, "/healthz to say stopping")
-            signalled = time.monotonic()
-            service.send(signal.SIGINT)
-            assert await service.exit_code(timeout=10) == 128 + signal.SIGINT
-            assert time.monotonic() - signalled < 3
+        request_id = await _upload_two_in_flight(service, origin)
+        await _signal_until_stopping(service, signal.SIGINT)
+        signalled = time.monotonic()
+        service.send(signal.SIGINT)
+        assert await service.exit_code(timeout=10) == 128 + signal.SIGINT
+        assert time.monotonic() - signalled < 3
     finally:
         service.kill()
     assert _image_states(service.db_path) == {"pending": IMAGES}
     assert "SIGINT again: stopping now" in service.log()
 
     # The next start picks the request up as if nothing happened.
-    gate.event.set()
+    origin.release()
     await service.start()
     try:
         await _until_complete(service, request_id)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +13,9 @@ from csvcompress.config import ServerSettings
 from csvcompress.errors import ConfigError
 from csvcompress.http.auth import is_protected, key_matches
 from tests import images
-from tests.conftest import Origin, Service, ServiceFactory, csv_bytes
+from tests.conftest import Service, ServiceFactory, csv_bytes
+from tests.servers import Origin
+from tests.waiting import poll
 
 KEY = "k3y-0123456789abcdef"
 GOOD = {"Authorization": f"Bearer {KEY}"}
@@ -87,13 +88,13 @@ async def test_the_key_opens_upload_and_status_but_output_stays_open(
     request_id = resp.body["request_id"]
     # The scheme is case-insensitive (RFC 7235), and surrounding spaces are ignored.
     lower = {"Authorization": f"bearer  {KEY} "}
-    deadline = time.monotonic() + 30
-    while True:
+
+    async def status() -> Any:
         async with service.client.get(f"{service.url}/status/{request_id}", headers=lower) as got:
             assert got.status == 200
-            doc = await got.json()
-        if doc["status"] == "complete" or time.monotonic() > deadline:
-            break
+            return await got.json()
+
+    doc = await poll(status, until=lambda doc: doc["status"] == "complete", what="completion")
     assert doc["status"] == "complete"
     # Capability URLs: the output CSV and the images it lists need no key.
     async with service.client.get(doc["output_csv_url"]) as got:

@@ -8,7 +8,6 @@ screenshots are written to docs/ for the README; otherwise to the test's tmp dir
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import os
@@ -18,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from tests import images
-from tests.conftest import Origin, ServiceFactory, csv_bytes
+from tests.conftest import ServiceFactory, csv_bytes
+from tests.servers import Origin
 
 CHROMIUM = Path("/usr/bin/chromium")
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -81,15 +80,8 @@ async def _screenshot(page: Any, path: Path) -> None:
 def _job(origin: Origin) -> tuple[bytes, list[str], str]:
     """A CSV of IMAGES slow images in 4 rows plus one that fails; its URLs; the failing URL."""
 
-    def slow(n: int, data: bytes) -> Any:
-        async def serve(request: web.Request) -> web.Response:
-            await asyncio.sleep(DELAY_STEP * (n + 1))
-            return web.Response(body=data, content_type="image/jpeg")
-
-        return serve
-
     urls = [
-        origin.route(f"p{n}.jpg", slow(n, images.photo_jpeg(240, 180, seed=n)))
+        origin.add(f"p{n}.jpg", images.photo_jpeg(240, 180, seed=n), delay=DELAY_STEP * (n + 1))
         for n in range(IMAGES)
     ]
     missing = f"{origin.url}/gone.jpg"

@@ -10,7 +10,8 @@ import asyncio
 import pyvips
 
 from tests import images
-from tests.conftest import Origin, ServiceFactory, csv_bytes
+from tests.conftest import ServiceFactory, csv_bytes
+from tests.servers import Origin
 
 
 async def test_awkward_formats_round_trip(create_service: ServiceFactory, origin: Origin) -> None:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import aiohttp
-from aiohttp import web
 from openapi_core import OpenAPI
 from openapi_core.datatypes import RequestParameters
 from openapi_spec_validator import validate
@@ -19,7 +16,8 @@ from werkzeug.datastructures import Headers, ImmutableMultiDict
 
 from csvcompress.http.keys import SERVICE
 from tests import images
-from tests.conftest import HookReceiver, Origin, Service, ServiceFactory, csv_bytes
+from tests.conftest import Service, ServiceFactory, csv_bytes
+from tests.servers import Origin, Receiver
 
 # Served files, not part of the API.
 UNDESCRIBED = {"/static/{name}"}
@@ -122,24 +120,18 @@ async def test_every_route_is_described_and_nothing_else(create_service: Service
 
 
 async def test_live_responses_match_the_document(
-    create_service: ServiceFactory, origin: Origin, hook_receiver: HookReceiver
+    create_service: ServiceFactory, origin: Origin, receiver: Receiver
 ) -> None:
     service = await create_service(limits={"max_upload_bytes": 4000})
     checker = Checker(service, OpenAPI.from_dict(await _spec(service)))
-    release = asyncio.Event()
-
-    async def stall(request: web.Request) -> web.Response:
-        await release.wait()
-        return web.Response(body=images.photo_jpeg(48, 32, seed=5), content_type="image/jpeg")
-
     a = origin.add("a.jpg", images.photo_jpeg(64, 48))
-    slow = origin.route("slow.jpg", stall)
+    slow = origin.add("slow.jpg", images.photo_jpeg(48, 32, seed=5), held=True)
     good = csv_bytes([["1", "Shirt", f"{a}, {origin.url}/missing.jpg"], ["2", "Hat", a]])
     refused = csv_bytes([["1", "x", ""]])
     too_big = csv_bytes([[str(n), "x" * 80, a] for n in range(100)])
 
     # Multipart request bodies are not checked (only their answers are).
-    status, body = await checker.call("POST", "/upload", data=_form(good, hook_receiver.url))
+    status, body = await checker.call("POST", "/upload", data=_form(good, receiver.url))
     assert status == 202
     finished = json.loads(body)["request_id"]
     assert (await checker.call("POST", "/upload", data=_form(refused)))[0] == 400
@@ -148,15 +140,19 @@ async def test_live_responses_match_the_document(
 
     running = await service.submit(csv_bytes([["1", "Slow", slow]]))
     try:
-        await _until(service, running, lambda doc: doc["status"] == "processing")
+        await service.wait_until(running, lambda doc: doc["status"] == "processing", "processing")
         assert (await checker.call("GET", f"/status/{running}"))[0] == 200
         assert (await checker.call("GET", "/requests?status=processing&limit=5"))[0] == 200
         assert (await checker.call("GET", f"/requests/{running}/images"))[0] == 200
         assert (await checker.call("GET", f"/requests/{running}/output.csv"))[0] == 404
     finally:
-        release.set()
+        origin.release()
     await service.wait(running)
-    await _until(service, finished, lambda doc: (doc["webhook"] or {}).get("state") == "delivered")
+    await service.wait_until(
+        finished,
+        lambda doc: (doc["webhook"] or {}).get("state") == "delivered",
+        "the webhook to be delivered",
+    )
 
     for path in (
         "/",
@@ -187,21 +183,18 @@ async def test_live_responses_match_the_document(
     assert (await checker.call("POST", retry.format("nope")))[0] == 404
     assert (await checker.call("POST", retry.format(finished)))[0] == 202
     await service.wait(finished)
-    held = asyncio.Event()
-
-    async def hold(request: web.Request) -> web.Response:
-        await held.wait()
-        return web.Response(status=404)
-
-    cancelled = await service.submit(csv_bytes([["1", "Held", origin.route("held.jpg", hold)]]))
+    held = origin.add("held.jpg", status=404, held=True)
+    cancelled = await service.submit(csv_bytes([["1", "Held", held]]))
     try:
-        await _until(service, cancelled, lambda doc: doc["status"] == "processing")
+        await service.wait_until(cancelled, lambda doc: doc["status"] == "processing", "processing")
         assert (await checker.call("DELETE", f"/requests/{cancelled}"))[0] == 200
         # Its image is still in flight: it cannot be removed yet.
         assert (await checker.call("DELETE", f"/requests/{cancelled}"))[0] == 409
     finally:
-        held.set()
-    await _until(service, cancelled, lambda doc: doc["output_csv_url"] is not None)
+        origin.release()
+    await service.wait_until(
+        cancelled, lambda doc: doc["output_csv_url"] is not None, "the output CSV"
+    )
     assert (await checker.call("DELETE", f"/requests/{cancelled}"))[0] == 204
     assert (await checker.call("DELETE", "/requests/nope"))[0] == 404
     assert (await checker.call("GET", "/healthz"))[0] == 200
@@ -221,16 +214,6 @@ async def test_live_responses_match_the_document(
     }
     called = {(method, _template(spec, path), status) for method, path, status in checker.seen}
     assert documented - called == set()
-
-
-async def _until(
-    service: Service, request_id: str, done: Callable[[dict[str, Any]], bool]
-) -> dict[str, Any]:
-    deadline = time.monotonic() + 15
-    while not done(doc := await service.status(request_id)):
-        assert time.monotonic() < deadline, doc
-        await asyncio.sleep(0.02)
-    return doc
 
 
 def _template(spec: dict[str, Any], path: str) -> str:

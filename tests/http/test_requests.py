@@ -4,17 +4,14 @@ POST .../retry (re-queue failures)."""
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
-import time
-from pathlib import Path
 from typing import Any
 
 import pyvips
-from aiohttp import web
 
 from tests import images
-from tests.conftest import HookReceiver, Origin, Service, ServiceFactory, csv_bytes
+from tests.conftest import Service, ServiceFactory, csv_bytes
+from tests.servers import Origin, Receiver
+from tests.waiting import poll
 
 SKIPPED = "skipped: the request was cancelled"
 
@@ -48,21 +45,6 @@ async def _retry(service: Service, request_id: str) -> tuple[int, Any]:
         return resp.status, await resp.json()
 
 
-async def _until_status(service: Service, request_id: str, check: Any) -> dict[str, Any]:
-    deadline = time.monotonic() + 15
-    while not check(doc := await service.status(request_id)):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out: {doc}")
-        await asyncio.sleep(0.02)
-    return doc
-
-
-def _rows(db_path: str, table: str, column: str, request_id: str) -> int:
-    with sqlite3.connect(db_path) as conn:
-        found = conn.execute(f"SELECT count(*) FROM {table} WHERE {column} = ?", (request_id,))
-        return int(found.fetchone()[0])
-
-
 def _probe(data: bytes) -> tuple[int, int, str]:
     image = pyvips.Image.new_from_buffer(data, "")
     return image.width, image.height, image.get("vips-loader")
@@ -79,7 +61,8 @@ async def test_whole_path_produces_images_and_output_csv(
     png = images.png_rgba(120, 90)
     a = origin.add("shirt/front.jpg", jpeg)
     b = origin.add("shirt/back.png", png, "image/png")
-    c = origin.add("hat.jpg", images.photo_jpeg(300, 200, seed=3))
+    hat_jpeg = images.photo_jpeg(300, 200, seed=3)
+    c = origin.add("hat.jpg", hat_jpeg)
     missing = f"{origin.url}/nope.jpg"
     rows = [
         ["1", "Shirt", f"{a},\n {b}"],
@@ -118,7 +101,7 @@ async def test_whole_path_produces_images_and_output_csv(
     assert _probe(hat)[:2] == (300, 200)
     # The repeat shares the first occurrence's output.
     assert second[2] == first[0]
-    assert doc["bytes"]["input"] == len(jpeg) + len(png) + len(origin.files["hat.jpg"][0])
+    assert doc["bytes"]["input"] == len(jpeg) + len(png) + len(hat_jpeg)
     assert doc["bytes"]["saved"] == doc["bytes"]["input"] - doc["bytes"]["output"]
 
 
@@ -200,19 +183,13 @@ async def test_a_page_never_repeats_when_new_requests_arrive(
 
 async def test_listing_filters_by_status(create_service: ServiceFactory, origin: Origin) -> None:
     service = await create_service()
-    release = asyncio.Event()
-
-    async def stall(request: web.Request) -> web.Response:
-        await release.wait()
-        return web.Response(body=images.photo_jpeg(32, 32), content_type="image/jpeg")
-
     quick = origin.add("a.jpg", images.photo_jpeg(32, 32))
-    slow = origin.route("slow.jpg", stall)
+    slow = origin.add("slow.jpg", images.photo_jpeg(32, 32), held=True)
     done = await service.submit(csv_bytes([["1", "P", quick]]))
     await service.wait(done)
     running = await service.submit(csv_bytes([["1", "P", slow]]))
     try:
-        await _until_status(service, running, lambda d: d["status"] == "processing")
+        await service.wait_until(running, lambda doc: doc["status"] == "processing", "its start")
         status, body = await _get(service, "/requests?status=complete")
         assert status == 200
         assert [r["request_id"] for r in body["requests"]] == [done]
@@ -220,7 +197,7 @@ async def test_listing_filters_by_status(create_service: ServiceFactory, origin:
         assert [r["request_id"] for r in body["requests"]] == [running]
         assert body["requests"][0]["output_csv_url"] is None
     finally:
-        release.set()
+        origin.release()
     await service.wait(running)
 
 
@@ -302,27 +279,21 @@ async def test_images_of_an_unknown_request_is_404(create_service: ServiceFactor
 
 
 async def test_cancel_skips_pending_images_writes_the_csv_and_sends_the_webhook(
-    create_service: ServiceFactory, origin: Origin, hook_receiver: HookReceiver
+    create_service: ServiceFactory, origin: Origin, receiver: Receiver
 ) -> None:
     # fetch.concurrency 2 + 1 thread: three workers.
     service = await create_service(fetch={"concurrency": 2}, workers={"threads": 1})
-    gate = asyncio.Event()
     held_data = images.photo_jpeg(30, 20, seed=9)
 
-    async def held(request: web.Request) -> web.Response:
-        await gate.wait()
-        return web.Response(body=held_data, content_type="image/jpeg")
-
     fast = [origin.add(f"fast/{n}.jpg", images.photo_jpeg(40, 30, seed=n)) for n in range(2)]
-    slow = [origin.route(f"slow/{n}.jpg", held) for n in range(6)]
+    slow = [origin.add(f"slow/{n}.jpg", held_data, held=True) for n in range(6)]
     rows = [["1", "Fast", ", ".join(fast)], ["2", "Slow", ", ".join(slow)]]
     try:
-        request_id = await service.submit(csv_bytes(rows), webhook_url=hook_receiver.url)
-        await _until_status(service, request_id, lambda d: d["images"]["succeeded"] == 2)
-        deadline = time.monotonic() + 10
-        while sum(origin.hits[f"slow/{n}.jpg"] for n in range(6)) < 2:
-            assert time.monotonic() < deadline, dict(origin.hits)
-            await asyncio.sleep(0.02)
+        request_id = await service.submit(csv_bytes(rows), webhook_url=receiver.url)
+        await service.wait_until(
+            request_id, lambda d: d["images"]["succeeded"] == 2, "the two fast images"
+        )
+        await origin.wait_for_hits(2, *(f"slow/{n}.jpg" for n in range(6)))
 
         status, doc = await _delete(service, request_id)
         assert status == 200
@@ -336,9 +307,11 @@ async def test_cancel_skips_pending_images_writes_the_csv_and_sends_the_webhook(
             "skipped": 6,
         }
     finally:
-        gate.set()
+        origin.release()
 
-    doc = await _until_status(service, request_id, lambda d: d["output_csv_url"] is not None)
+    doc = await service.wait_until(
+        request_id, lambda d: d["output_csv_url"] is not None, "the output CSV"
+    )
     assert doc["status"] == "cancelled"
     assert doc["images"]["skipped"] == 6
     out = await service.output_rows(doc)
@@ -348,10 +321,10 @@ async def test_cancel_skips_pending_images_writes_the_csv_and_sends_the_webhook(
     assert out[1]["Errors"] == "; ".join(f"#{n}: {SKIPPED}" for n in range(1, 7))
     # The scheduler handed out none of the images still waiting when it was cancelled.
     assert all(origin.hits[f"slow/{n}.jpg"] == 0 for n in range(3, 6))
-    [event] = await hook_receiver.wait_for(1)
-    assert event["type"] == "request.cancelled"
-    assert event["data"]["status"] == "cancelled"
-    assert event["data"]["output_csv_url"] == doc["output_csv_url"]
+    [event] = await receiver.wait_for(1)
+    assert event.payload["type"] == "request.cancelled"
+    assert event.payload["data"]["status"] == "cancelled"
+    assert event.payload["data"]["output_csv_url"] == doc["output_csv_url"]
 
 
 async def test_deleting_a_finished_request_removes_it_and_its_files(
@@ -362,21 +335,14 @@ async def test_deleting_a_finished_request_removes_it_and_its_files(
     request_id = await service.submit(csv_bytes([["1", "A", url]]))
     doc = await service.wait(request_id)
     image_url = (await service.output_rows(doc))[0]["Output Image Urls"]
-    data_dir = Path(service.settings.database.path).parent
-    files = [
-        Path(service.settings.storage.dir) / request_id,
-        data_dir / "outputs" / f"{request_id}.csv",
-        data_dir / "uploads" / f"{request_id}.csv",
-    ]
+    files = service.files(request_id)
     assert all(path.exists() for path in files)
 
     status, body = await _delete(service, request_id)
 
     assert (status, body) == (204, None)
     assert [path.exists() for path in files] == [False, False, False]
-    db_path = service.settings.database.path
-    assert _rows(db_path, "requests", "request_id", request_id) == 0
-    assert _rows(db_path, "images", "request_id", request_id) == 0
+    assert service.rows(request_id) == {"requests": 0, "images": 0, "deliveries": 0}
     async with service.client.get(f"{service.url}/status/{request_id}") as resp:
         assert resp.status == 404
     async with service.client.get(image_url) as resp:
@@ -397,42 +363,40 @@ async def test_a_cancelled_request_can_be_deleted(
 
     status, doc = await _delete(service, request_id)
     assert (status, doc["status"]) == (200, "cancelled")
-    await _until_status(service, request_id, lambda d: d["output_csv_url"] is not None)
+    await service.wait_until(
+        request_id, lambda d: d["output_csv_url"] is not None, "the output CSV"
+    )
     # The status shows the CSV as soon as it is recorded; the webhook is queued just after,
     # and until then DELETE answers 409 "try again in a moment" (README), as a client would.
-    deadline = time.monotonic() + 15
-    status, body = await _delete(service, request_id)
-    while status == 409 and time.monotonic() < deadline:
-        assert "still being finished" in body["error"]
-        await asyncio.sleep(0.02)
-        status, body = await _delete(service, request_id)
+
+    def not_refused(answer: tuple[int, Any]) -> bool:
+        status, body = answer
+        if status == 409:  # refused while the request is being finished, and only then
+            assert "still being finished" in body["error"]
+        return status != 409
+
+    status, _ = await poll(
+        lambda: _delete(service, request_id), until=not_refused, what="DELETE to go through"
+    )
     assert status == 204
-    assert _rows(service.settings.database.path, "images", "request_id", request_id) == 0
+    assert service.rows(request_id)["images"] == 0
 
 
 async def test_retry_requeues_only_the_failed_images_and_writes_a_new_csv(
-    create_service: ServiceFactory, origin: Origin, hook_receiver: HookReceiver
+    create_service: ServiceFactory, origin: Origin, receiver: Receiver
 ) -> None:
     service = await create_service()
-    flaky_data = images.photo_jpeg(50, 40, seed=4)
-    broken = True
-
-    async def flaky(request: web.Request) -> web.Response:
-        if broken:
-            return web.Response(status=404)
-        return web.Response(body=flaky_data, content_type="image/jpeg")
-
     good = origin.add("good.jpg", images.photo_jpeg(40, 30))
-    bad = origin.route("flaky.jpg", flaky)
+    bad = origin.add("flaky.jpg", status=404)
     request_id = await service.submit(
-        csv_bytes([["1", "A", f"{good}, {bad}"], ["2", "B", bad]]), webhook_url=hook_receiver.url
+        csv_bytes([["1", "A", f"{good}, {bad}"], ["2", "B", bad]]), webhook_url=receiver.url
     )
     first = await service.wait(request_id)
     assert first["images"] == {"total": 3, "succeeded": 1, "failed": 2, "pending": 0}
     good_url = (await service.output_rows(first))[0]["Output Image Urls"].split(", ")[0]
-    await hook_receiver.wait_for(1)
+    await receiver.wait_for(1)
 
-    broken = False
+    origin.add("flaky.jpg", images.photo_jpeg(50, 40, seed=4))
     status, body = await _retry(service, request_id)
     assert status == 202
     assert body == {
@@ -453,22 +417,17 @@ async def test_retry_requeues_only_the_failed_images_and_writes_a_new_csv(
     # The image that had succeeded was not fetched again; the repeat was fetched once more.
     assert origin.hits["good.jpg"] == 1
     assert origin.hits["flaky.jpg"] == 2
-    events = await hook_receiver.wait_for(2)
-    assert [e["type"] for e in events] == ["request.completed", "request.completed"]
-    assert events[1]["data"]["images"]["failed"] == 0
+    events = await receiver.wait_for(2)
+    assert [e.payload["type"] for e in events] == ["request.completed", "request.completed"]
+    assert events[1].payload["data"]["images"]["failed"] == 0
 
 
 async def test_retry_is_refused_when_there_is_nothing_to_retry(
     create_service: ServiceFactory, origin: Origin
 ) -> None:
     service = await create_service()
-    gate = asyncio.Event()
-
-    async def held(request: web.Request) -> web.Response:
-        await gate.wait()
-        return web.Response(body=images.photo_jpeg(20, 20), content_type="image/jpeg")
-
-    running = await service.submit(csv_bytes([["1", "A", origin.route("held.jpg", held)]]))
+    held = origin.add("held.jpg", images.photo_jpeg(20, 20), held=True)
+    running = await service.submit(csv_bytes([["1", "A", held]]))
     try:
         status, body = await _retry(service, running)
         assert status == 409
@@ -477,7 +436,7 @@ async def test_retry_is_refused_when_there_is_nothing_to_retry(
             f"request {running} is processing; only a finished request can be retried",
         )
     finally:
-        gate.set()
+        origin.release()
     await service.wait(running)
     assert await _retry(service, running) == (
         409,

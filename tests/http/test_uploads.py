@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests import images
-from tests.conftest import HookReceiver, Origin, Service, ServiceFactory, csv_bytes
+from tests.conftest import Service, ServiceFactory, csv_bytes
+from tests.servers import Origin, Receiver
 
 BOUNDARY = "csvcompress-test-boundary"
 MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
@@ -167,11 +168,11 @@ async def test_webhook_url_in_the_query_is_checked_too(create_service: ServiceFa
 
 
 async def test_allowed_networks_exempt_a_webhook_url_which_is_then_delivered(
-    create_service: ServiceFactory, origin: Origin, hook_receiver: HookReceiver
+    create_service: ServiceFactory, origin: Origin, receiver: Receiver
 ) -> None:
     """The control: with its network allowed, the same kind of URL is accepted and reached."""
     image = origin.add("a.jpg", images.photo_jpeg(32, 32))
-    webhook = hook_receiver.url.replace("127.0.0.1", "localhost")
+    webhook = receiver.url.replace("127.0.0.1", "localhost")
     closed = await create_service(fetch={"allowed_networks": ()})
     refused = await closed.upload(csv_bytes([["1", "Shirt", image]]), webhook_url=webhook)
     assert refused.status == 400
@@ -179,9 +180,9 @@ async def test_allowed_networks_exempt_a_webhook_url_which_is_then_delivered(
     service = await create_service(fetch={"allowed_networks": ("127.0.0.1/32",)})
     request_id = await service.submit(csv_bytes([["1", "Shirt", image]]), webhook)
     doc = await service.wait(request_id)
-    received = await hook_receiver.wait_for(1)
+    received = await receiver.wait_for(1)
     assert doc["webhook"]["url"] == webhook
-    assert [event["data"]["request_id"] for event in received] == [request_id]
+    assert [event.payload["data"]["request_id"] for event in received] == [request_id]
 
 
 # --- the body is streamed and cut off at the limit -----------------------------------------

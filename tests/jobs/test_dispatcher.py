@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import aiohttp
 import pytest
 import pyvips
 
@@ -23,19 +20,15 @@ from csvcompress.pipeline import cpupool, netguard
 from csvcompress.pipeline.fetcher import Fetcher
 from csvcompress.storage import LocalStorage, Storage
 from tests import images
-from tests.conftest import (
-    Origin,
-    ServiceFactory,
-    csv_bytes,
-    free_port,
-    make_settings,
-)
+from tests.conftest import ServiceFactory, csv_bytes, make_settings
 from tests.procs import ServiceProcess
+from tests.servers import Origin, free_port
 
 
 async def test_small_request_is_not_starved_by_a_large_one(
     create_service: ServiceFactory, origin: Origin
 ) -> None:
+    # Three workers (two downloads, one thread), and every image takes 50 ms to arrive.
     service = await create_service(fetch={"concurrency": 2}, workers={"threads": 1})
     origin.delay = 0.05
     big_rows = []
@@ -45,7 +38,8 @@ async def test_small_request_is_not_starved_by_a_large_one(
     small = origin.add("small.jpg", images.photo_jpeg(16, 16))
 
     big_id = await service.submit(csv_bytes(big_rows))
-    await asyncio.sleep(0.2)
+    # The large request has the workers before the small one arrives.
+    await origin.wait_for_hits(3, *(f"big/{n}.jpg" for n in range(150)))
     small_id = await service.submit(csv_bytes([["1", "Small", small]]))
     small_doc = await service.wait(small_id, timeout=10)
     big_doc = await service.status(big_id)
@@ -87,8 +81,7 @@ async def test_kill_and_restart_loses_nothing(tmp_path: Path, origin: Origin) ->
     service = ServiceProcess(
         tmp_path, fetch={"concurrency": 2, "allowed_networks": ["127.0.0.0/8"]}
     )
-    base = service.url
-    origin.delay = 0.1
+    origin.delay = 0.1  # slow images, so that the kill lands with some done and most not
     total = 40
     rows = [
         [str(n + 1), f"Item {n}", origin.add(f"{n}.jpg", images.photo_jpeg(48, 32, seed=n))]
@@ -96,14 +89,10 @@ async def test_kill_and_restart_loses_nothing(tmp_path: Path, origin: Origin) ->
     ]
     await service.start()
     try:
-        async with aiohttp.ClientSession() as client:
-            request_id = await service.submit(csv_bytes(rows))
-            while True:
-                async with client.get(f"{base}/status/{request_id}") as resp:
-                    done = (await resp.json())["images"]["succeeded"]
-                if done >= 8:
-                    break
-                await asyncio.sleep(0.02)
+        request_id = await service.submit(csv_bytes(rows))
+        await service.wait_until(
+            request_id, lambda doc: doc["images"]["succeeded"] >= 8, "eight images done"
+        )
     finally:
         service.kill()
 
@@ -113,17 +102,11 @@ async def test_kill_and_restart_loses_nothing(tmp_path: Path, origin: Origin) ->
 
     await service.start()
     try:
-        async with aiohttp.ClientSession() as client:
-            deadline = time.monotonic() + 30
-            while True:
-                async with client.get(f"{base}/status/{request_id}") as resp:
-                    doc = await resp.json()
-                if doc["status"] == "complete" or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.05)
-            assert doc["images"] == {"total": total, "succeeded": total, "failed": 0, "pending": 0}
-            async with client.get(doc["output_csv_url"]) as resp:
-                text = await resp.text()
+        doc = await service.wait_until(
+            request_id, lambda doc: doc["status"] == "complete", "the request to complete", 30
+        )
+        assert doc["images"] == {"total": total, "succeeded": total, "failed": 0, "pending": 0}
+        text = await service.output_csv(doc)
     finally:
         await service.stop(timeout=10)
 

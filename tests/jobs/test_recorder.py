@@ -15,6 +15,7 @@ from csvcompress.jobs.recorder import ResultRecorder
 from csvcompress.models import ImageJob, ImageResult
 from csvcompress.store import sqlite
 from csvcompress.store.sqlite import SqliteStore
+from tests.waiting import never
 
 REQUEST = "r" * 32
 
@@ -77,6 +78,8 @@ async def test_close_writes_what_was_handed_over(database: SqliteStore) -> None:
     await recorder.start()
     todo = await jobs(database)
     waiting = [asyncio.create_task(recorder.record(job, ok(job.id))) for job in todo[:5]]
+    # One turn of the loop: each task's first step hands its result over (record() queues
+    # it before it first awaits), so close() comes after all five.
     await asyncio.sleep(0)
     await recorder.close()
 
@@ -119,12 +122,16 @@ async def test_a_result_is_recorded_once_even_if_handed_over_twice(database: Sql
     assert (counts.succeeded, counts.failed) == (1, 0)
 
 
+# Seconds between results handed over one after another.
+SPACING = 0.01
+
+
 async def record_spaced(recorder: ResultRecorder, todo: list[ImageJob]) -> list[int]:
-    """Hand results over 10 ms apart, as workers finishing one after another do."""
+    """Hand results over SPACING apart, as workers finishing one after another do."""
     tasks = []
     for job in todo:
         tasks.append(asyncio.create_task(recorder.record(job, ok(job.id))))
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(SPACING)  # the spacing is the scenario
     return [await task for task in tasks]
 
 
@@ -161,8 +168,8 @@ async def test_close_does_not_wait_out_the_window(database: SqliteStore) -> None
     await recorder.start()
     job = (await jobs(database))[2]
     waiting = asyncio.create_task(recorder.record(job, ok(job.id)))
-    await asyncio.sleep(0.05)
-    assert not waiting.done()  # held for the window
+    # Held for the window: not committed within many times what a commit takes.
+    await never(waiting.done, what="the result was committed before the window ended", within=0.05)
 
     started = asyncio.get_running_loop().time()
     await recorder.close()

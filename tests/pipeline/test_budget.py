@@ -13,6 +13,7 @@ from csvcompress.config import ImageSettings
 from csvcompress.pipeline import imaging, memory
 from csvcompress.pipeline.budget import ByteBudget, PixelBudget
 from tests import images
+from tests.waiting import poll
 
 WAIT = 5.0
 
@@ -100,16 +101,25 @@ def test_big_buffers_are_returned_on_glibc() -> None:
 # --- ByteBudget: downloads held for compression ---------------------------------------
 
 
-async def _admitted(budget: ByteBudget, started: list[int], n: int, size: int) -> None:
+# Each task notes its number in `asked` just before it asks for room. Asking runs to the
+# admission or to the wait without yielding, so once `asked` holds a task, it is either
+# in (noted in `started`) or waiting: what `started` says then is settled.
+
+
+async def _admitted(
+    budget: ByteBudget, asked: list[int], started: list[int], n: int, size: int
+) -> None:
+    asked.append(n)
     async with budget.admit() as ticket:
         started.append(n)
         ticket.downloaded(size)
-        await asyncio.sleep(3600)  # held until cancelled
+        await asyncio.Event().wait()  # held until cancelled
 
 
 async def _gated(
-    budget: ByteBudget, started: list[int], n: int, go: asyncio.Event, size: int
+    budget: ByteBudget, asked: list[int], started: list[int], n: int, go: asyncio.Event, size: int
 ) -> None:
+    asked.append(n)
     async with budget.admit() as ticket:
         started.append(n)
         await go.wait()  # in flight until the test says go
@@ -118,23 +128,29 @@ async def _gated(
 
 async def test_downloads_wait_while_the_budget_is_held_and_start_one_by_one() -> None:
     budget = ByteBudget(10)
+    asked: list[int] = []
     started: list[int] = []
-    first = asyncio.create_task(_admitted(budget, started, 0, 8))
-    second = asyncio.create_task(_admitted(budget, started, 1, 8))  # 8 < 10: let in
-    await asyncio.sleep(0.01)
-    waiting = [asyncio.create_task(_admitted(budget, started, n, 8)) for n in (2, 3, 4)]
-    await asyncio.sleep(0.01)
+
+    def admitted(n: int) -> asyncio.Task[None]:
+        return asyncio.create_task(_admitted(budget, asked, started, n, 8))
+
+    first, second = admitted(0), admitted(1)  # 8 < 10: the second is let in
+    await poll(lambda: started == [0, 1], what="the first two downloads to start")
+    waiting = [admitted(n) for n in (2, 3, 4)]
+    await poll(lambda: len(asked) == 5, what="all five downloads to ask for room")
     assert started == [0, 1] and budget.held == 16
 
     first.cancel()
-    await asyncio.sleep(0.01)
-    assert started == [0, 1, 2] and budget.held == 16  # 8 held: room for one more
+    # 8 held: room for one more, and only one.
+    await poll(lambda: started != [0, 1], what="a waiting download to start")
+    assert started == [0, 1, 2] and budget.held == 16
     second.cancel()
-    await asyncio.sleep(0.01)
+    await poll(lambda: started != [0, 1, 2], what="the next waiting download to start")
     assert started == [0, 1, 2, 3]
     for task in waiting:
         task.cancel()
     await asyncio.gather(first, second, *waiting, return_exceptions=True)
+    assert started == [0, 1, 2, 3]
     assert (budget.held, budget.downloading) == (0, 0)
 
 
@@ -143,9 +159,10 @@ async def test_downloads_in_flight_count_at_the_average_size() -> None:
     async with budget.admit() as ticket:
         ticket.downloaded(8)  # the average is now 8
     go = asyncio.Event()
+    asked: list[int] = []
     started: list[int] = []
-    tasks = [asyncio.create_task(_gated(budget, started, n, go, 8)) for n in range(4)]
-    await asyncio.sleep(0.01)
+    tasks = [asyncio.create_task(_gated(budget, asked, started, n, go, 8)) for n in range(4)]
+    await poll(lambda: len(asked) == 4, what="all four downloads to ask for room")
     # Nothing is held yet, but two downloads in flight (2 x 8) fill the budget of 10.
     assert started == [0, 1]
     go.set()
@@ -157,9 +174,10 @@ async def test_downloads_in_flight_count_at_the_average_size() -> None:
 async def test_before_any_download_finished_four_start_at_once() -> None:
     budget = ByteBudget(100)
     go = asyncio.Event()
+    asked: list[int] = []
     started: list[int] = []
-    tasks = [asyncio.create_task(_gated(budget, started, n, go, 1)) for n in range(10)]
-    await asyncio.sleep(0.01)
+    tasks = [asyncio.create_task(_gated(budget, asked, started, n, go, 1)) for n in range(10)]
+    await poll(lambda: len(asked) == 10, what="all ten downloads to ask for room")
     assert started == [0, 1, 2, 3]  # each counted at a quarter of the budget
     go.set()
     await asyncio.gather(*tasks)

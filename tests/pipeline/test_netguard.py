@@ -9,13 +9,12 @@ from __future__ import annotations
 import inspect
 import ipaddress
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.test_utils import TestServer
 from aiohttp.tracing import Trace
 from hypothesis import given
 from hypothesis import strategies as st
@@ -34,6 +33,7 @@ from csvcompress.pipeline.netguard import (
     legacy_ipv4,
 )
 from tests.conftest import MakeListener
+from tests.servers import Origin
 
 DEFAULT_GUARD = NetGuard(FetchSettings())
 
@@ -572,17 +572,15 @@ async def test_proxy_from_environment_is_ignored(
     assert (origin.connections, proxy.connections) == (1, 0)
 
 
-async def test_user_agent_is_sent(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> None:
+async def test_user_agent_is_sent(origin: Origin) -> None:
     async def echo(request: web.Request) -> web.Response:
         return web.Response(text=request.headers.get("User-Agent", ""))
 
-    app = web.Application()
-    app.router.add_get("/", echo)
-    server = await aiohttp_server(app)
+    url = origin.route("echo", echo)
     settings = FetchSettings(allowed_networks=("127.0.0.1/32",), user_agent="test-agent/1")
     async with (
         create_session(settings, NetGuard(settings)) as session,
-        session.get(server.make_url("/")) as resp,
+        session.get(url) as resp,
     ):
         assert await resp.text() == "test-agent/1"
 

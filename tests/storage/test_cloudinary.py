@@ -10,13 +10,11 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import pyvips
 
@@ -25,9 +23,11 @@ from csvcompress.errors import ConfigError, StorageFailed, StorageRejected
 from csvcompress.storage import CloudinaryStorage, create_storage
 from csvcompress.storage.cloudinary import resolve_credentials
 from tests import images
-from tests.conftest import Origin, ServiceFactory, csv_bytes, free_port
+from tests.conftest import ServiceFactory, csv_bytes
 from tests.fake_cloudinary import FakeCloudinary
 from tests.procs import ServiceProcess
+from tests.servers import Origin, free_port
+from tests.waiting import poll
 
 REJECTED = "Cloudinary rejected the credentials"
 
@@ -180,14 +180,6 @@ async def test_rejected_credentials_fail_every_image_at_once_and_are_logged_once
     assert "not-the-secret" not in caplog.text
 
 
-async def _wait_for(condition: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
 async def test_kill_during_uploads_and_restart_leaves_no_duplicates(
     tmp_path: Path, origin: Origin, fake: FakeCloudinary
 ) -> None:
@@ -199,7 +191,6 @@ async def test_kill_during_uploads_and_restart_leaves_no_duplicates(
         },
         fetch={"concurrency": 2, "allowed_networks": ["127.0.0.0/8"]},
     )
-    base = service.url
     # Credentials only from the environment, as in production.
     env = {"PATH": "/usr/bin:/bin", "CLOUDINARY_URL": fake.cloudinary_url}
     # Uploads are stored at once but answered late, so the kill lands while some are
@@ -213,26 +204,21 @@ async def test_kill_during_uploads_and_restart_leaves_no_duplicates(
     expected = set()
     await service.start(env=env)
     try:
-        async with aiohttp.ClientSession() as client:
-            request_id = await service.submit(csv_bytes(rows))
-            expected = {f"shop/images/{request_id}/{n + 1}-1" for n in range(total)}
-
-            async def some_done_and_one_unanswered() -> bool:
-                async with client.get(f"{base}/status/{request_id}") as resp:
-                    done = (await resp.json())["images"]["succeeded"]
-                return bool(done >= 4 and fake.unanswered > 0)
-
-            await _wait_for(some_done_and_one_unanswered)
-            # At once, while that upload waits for its answer.
-            service.send(signal.SIGKILL)
+        request_id = await service.submit(csv_bytes(rows))
+        expected = {f"shop/images/{request_id}/{n + 1}-1" for n in range(total)}
+        await service.wait_until(
+            request_id,
+            lambda doc: doc["images"]["succeeded"] >= 4 and fake.unanswered > 0,
+            "four images done and an upload waiting for its answer",
+            20,
+        )
+        # At once, while that upload waits for its answer.
+        service.send(signal.SIGKILL)
     finally:
         service.kill()
 
-    async def fake_is_idle() -> bool:
-        # Uploads that arrived whole before the kill are still stored: let them land.
-        return fake.handling == 0
-
-    await _wait_for(fake_is_idle)
+    # Uploads that arrived whole before the kill are still stored: let them land.
+    await poll(lambda: fake.handling == 0, what="the fake to finish storing uploads")
     with sqlite3.connect(service.db_path) as conn:
         (recorded,) = conn.execute(
             "SELECT count(*) FROM images WHERE status = 'succeeded'"
@@ -242,17 +228,10 @@ async def test_kill_during_uploads_and_restart_leaves_no_duplicates(
 
     await service.start(env=env)
     try:
-        async with aiohttp.ClientSession() as client:
-
-            async def complete() -> bool:
-                async with client.get(f"{base}/status/{request_id}") as resp:
-                    return bool((await resp.json())["status"] == "complete")
-
-            await _wait_for(complete, timeout=30)
-            async with client.get(f"{base}/status/{request_id}") as resp:
-                doc = await resp.json()
-            async with client.get(doc["output_csv_url"]) as resp:
-                text = await resp.text()
+        doc = await service.wait_until(
+            request_id, lambda doc: doc["status"] == "complete", "the request to complete", 30
+        )
+        text = await service.output_csv(doc)
     finally:
         await service.stop(timeout=10)
 

@@ -24,7 +24,8 @@ from csvcompress.store import StoreUnavailable
 from csvcompress.store import sqlite as db
 from csvcompress.store.sqlite import SqliteStore
 from tests import images
-from tests.conftest import Origin, ServiceFactory, csv_bytes
+from tests.conftest import ServiceFactory, csv_bytes
+from tests.servers import Origin
 
 DONE = "d" * 32
 WAITING = "e" * 32
