@@ -176,6 +176,27 @@ def _move(move: Mapping[Any, Any]) -> tuple[str, str, list[str], list[str]]:
     return case, where, [v for pair in pairs for v in pair], [src for src, _ in pairs]
 
 
+async def _apply(
+    conn: aiosqlite.Connection,
+    table: str,
+    request_id: str,
+    move: Mapping[Any, Any],
+    sets: Mapping[str, object] | None = None,
+) -> int:
+    """Apply a lifecycle move to a request's row (or its images), setting `sets` too.
+
+    Only rows whose status is one of the move's sources change; returns how many did.
+    """
+    case, sources, case_params, source_params = _move(move)
+    assignments = "".join(f", {column} = ?" for column in sets or {})
+    cur = await conn.execute(
+        f"UPDATE {table} SET status = {case}{assignments}, updated_at = ? "
+        f"WHERE request_id = ? AND {sources}",
+        (*case_params, *(sets or {}).values(), now_iso(), request_id, *source_params),
+    )
+    return int(cur.rowcount)
+
+
 def _configure(conn: sqlite3.Connection) -> None:
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -411,14 +432,8 @@ class SqliteStore:
     # --- status changes (only jobs/lifecycle.py calls these) --------------------
 
     async def start_request(self, request_id: str, move: RequestMove) -> bool:
-        case, sources, case_params, source_params = _move(move)
         async with self._transaction() as conn:
-            cur = await conn.execute(
-                f"UPDATE requests SET status = {case}, updated_at = ? "
-                f"WHERE request_id = ? AND {sources}",
-                (*case_params, now_iso(), request_id, *source_params),
-            )
-        return cur.rowcount > 0
+            return await _apply(conn, "requests", request_id, move) > 0
 
     async def finish_request(
         self,
@@ -428,65 +443,43 @@ class SqliteStore:
         output_file_path: str | None,
         error: str | None,
     ) -> bool:
-        case, sources, case_params, source_params = _move(move)
         async with self._transaction() as conn:
-            cur = await conn.execute(
-                f"UPDATE requests SET status = {case}, output_file_path = ?, error = ?, "
-                f"updated_at = ? WHERE request_id = ? AND {sources}",
-                (*case_params, output_file_path, error, now_iso(), request_id, *source_params),
-            )
-        return cur.rowcount > 0
+            sets = {"output_file_path": output_file_path, "error": error}
+            return await _apply(conn, "requests", request_id, move, sets) > 0
 
     async def cancel_request(
         self, request_id: str, move: RequestMove, images: ImageMove, *, reason: str, code: str
     ) -> bool:
-        stamp = now_iso()
-        case, sources, case_params, source_params = _move(move)
-        image_case, image_sources, image_case_params, image_source_params = _move(images)
         async with self._transaction() as conn:
-            cur = await conn.execute(
-                f"UPDATE requests SET status = {case}, updated_at = ? "
-                f"WHERE request_id = ? AND {sources}",
-                (*case_params, stamp, request_id, *source_params),
-            )
-            if cur.rowcount == 0:
+            if not await _apply(conn, "requests", request_id, move):
                 return False
-            cur = await conn.execute(
-                f"UPDATE images SET status = {image_case}, error = ?, error_code = ?, "
-                f"updated_at = ? WHERE request_id = ? AND {image_sources}",
-                (*image_case_params, reason, code, stamp, request_id, *image_source_params),
-            )
+            sets = {"error": reason, "error_code": code}
+            skipped = await _apply(conn, "images", request_id, images, sets)
             await conn.execute(
                 "UPDATE requests SET images_skipped = images_skipped + ? WHERE request_id = ?",
-                (cur.rowcount, request_id),
+                (skipped, request_id),
             )
         return True
 
     async def retry_request(
         self, request_id: str, move: RequestMove, images: ImageMove
     ) -> int | None:
-        stamp = now_iso()
-        case, sources, case_params, source_params = _move(move)
-        image_case, image_sources, image_case_params, image_source_params = _move(images)
         async with self._transaction() as conn:
-            cur = await conn.execute(
-                f"UPDATE requests SET status = {case}, output_file_path = NULL, error = NULL, "
-                "images_failed = 0, images_skipped = 0, updated_at = ? "
-                f"WHERE request_id = ? AND {sources}",
-                (*case_params, stamp, request_id, *source_params),
-            )
-            if cur.rowcount == 0:
+            sets: dict[str, object] = {
+                "output_file_path": None,
+                "error": None,
+                "images_failed": 0,
+                "images_skipped": 0,
+            }
+            if not await _apply(conn, "requests", request_id, move, sets):
                 return None
             # The event sent for the earlier finish is superseded (one not delivered yet is
             # dropped): when the request finishes again, a new event is queued.
             await conn.execute("DELETE FROM deliveries WHERE request_id = ?", (request_id,))
-            cur = await conn.execute(
-                f"UPDATE images SET status = {image_case}, output_url = NULL, error = NULL, "
-                "error_code = NULL, bytes_in = 0, bytes_out = 0, updated_at = ? "
-                f"WHERE request_id = ? AND {image_sources}",
-                (*image_case_params, stamp, request_id, *image_source_params),
+            cleared = {"output_url": None, "error": None, "error_code": None}
+            return await _apply(
+                conn, "images", request_id, images, {**cleared, "bytes_in": 0, "bytes_out": 0}
             )
-            return int(cur.rowcount)
 
     async def record_results(
         self, results: Sequence[tuple[ImageJob, ImageResult, ImageMove]]
