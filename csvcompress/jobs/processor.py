@@ -56,7 +56,7 @@ class Processor:
         # Requests whose storage refused every write, and why: their other images fail
         # with that reason at once instead of being fetched and compressed for nothing.
         self._rejected: dict[str, str] = {}
-        # Downloaded images held for compression: bounded, see budget.py.
+        # Bytes arriving and downloaded images held for compression: bounded, see budget.py.
         self._downloads = ByteBudget(settings.fetch.buffer_bytes)
 
     async def process(self, job: ImageJob) -> ImageResult:
@@ -65,8 +65,8 @@ class Processor:
         try:
             async with self._downloads.admit() as ticket:
                 with self._metrics.stage("download"):
-                    fetched = await self._fetcher.fetch(job.url)
-                ticket.downloaded(len(fetched.data))
+                    fetched = await self._fetcher.fetch(job.url, ticket)
+                ticket.downloaded()
                 loop = asyncio.get_running_loop()
                 encoded = await loop.run_in_executor(
                     self._pool, self._recompress_and_store, job, fetched.data
