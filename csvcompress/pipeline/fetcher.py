@@ -16,6 +16,7 @@ checked by the session's GuardedConnector (see netguard).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -90,7 +91,13 @@ class Fetcher:
             sock_connect=settings.connect_timeout,
             sock_read=settings.read_timeout,
         )
-        self._slots = asyncio.Semaphore(settings.concurrency)
+        # A fixed count is kept here; a count that follows the need is kept by the
+        # dispatcher's workers (inflight.py), which ask before taking an image.
+        self._slots: asyncio.Semaphore | contextlib.nullcontext[None] = (
+            asyncio.Semaphore(settings.concurrency)
+            if settings.concurrency
+            else contextlib.nullcontext()
+        )
         self._retry = Backoff.exponential(
             settings.attempts, settings.backoff, max_delay=MAX_BACKOFF
         )
