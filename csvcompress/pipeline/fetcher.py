@@ -169,12 +169,19 @@ class Fetcher:
         size = 0
         # Chunks are the decoded bytes: aiohttp inflates a compressed body a bounded
         # piece at a time, so a gzip bomb meets the limit like any other body.
-        async for chunk in resp.content.iter_any():
-            size += len(chunk)
-            if size > limit:
-                raise TooLarge(too_large)
-            await hold.take(len(chunk))
-            chunks.append(chunk)
+        try:
+            async for chunk in resp.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise TooLarge(too_large)
+                await hold.take(len(chunk))
+                chunks.append(chunk)
+        except BaseException:
+            # The exception's traceback keeps this frame, and with it the chunks, until
+            # the cyclic collector runs (tenacity's retry state makes a cycle): up to
+            # max_bytes each that the budget no longer counts. Drop them now.
+            chunks.clear()
+            raise
         if not size:
             raise FetchError("empty body")
         return b"".join(chunks)
