@@ -77,13 +77,27 @@ class Processor:
         # compression threads need (fetch.concurrency = 0, see inflight.py).
         threads = settings.workers.thread_count
         self.max_downloads = settings.fetch.concurrency or ceiling(settings.fetch, threads)
+        self._threads = threads
+        self._compressing = 0  # images handed to the pool and not back yet
         self._in_flight = (
-            None if settings.fetch.concurrency else InFlight(threads, self.max_downloads)
+            None
+            if settings.fetch.concurrency
+            else InFlight(threads, self.max_downloads, starving=self._starving)
         )
 
     @property
     def in_flight(self) -> InFlight | None:
         return self._in_flight
+
+    def _starving(self) -> bool:
+        """A compression thread is idle while every download slot is busy downloading,
+        and the byte budget has room for more."""
+        assert self._in_flight is not None
+        return (
+            self._compressing < self._threads
+            and self._downloads.downloading >= self._in_flight.limit
+            and self._downloads.has_room()
+        )
 
     def close(self) -> None:
         """No new images will come: workers waiting for a download slot go at once."""
@@ -112,9 +126,13 @@ class Processor:
             async with self._downloads.admit() as ticket:
                 fetched = await self._download(job, ticket, slot)
                 loop = asyncio.get_running_loop()
-                encoded = await loop.run_in_executor(
-                    self._pool, self._recompress_and_store, job, fetched.data
-                )
+                self._compressing += 1
+                try:
+                    encoded = await loop.run_in_executor(
+                        self._pool, self._recompress_and_store, job, fetched.data
+                    )
+                finally:
+                    self._compressing -= 1
                 if self._in_flight is not None:
                     self._in_flight.compressed(encoded.seconds)
             url = encoded.url
@@ -136,6 +154,8 @@ class Processor:
     async def _download(self, job: ImageJob, ticket: Ticket, slot: DownloadSlot) -> Fetched:
         try:
             with self._metrics.stage("download"):
+                if self._in_flight is not None:
+                    self._in_flight.watch()
                 started = time.monotonic()
                 fetched = await self._fetcher.fetch(job.url, ticket)
                 if self._in_flight is not None:

@@ -13,7 +13,11 @@ where C is the time one image takes in a compression thread and L the time one
 download takes (both moving averages of the last few dozen images). The extra
 `threads` keep one image ready per thread; HEADROOM absorbs the spread of
 download times. The limit grows as the origin gets slower or compression faster,
-and shrinks back when they change. It stays within [MIN_IN_FLIGHT, ceiling]:
+and shrinks back when they change. Before the first downloads are back there is
+nothing to measure, so while every slot is downloading and a compression thread
+sits idle (and the byte budget has room), the limit grows by half every
+WATCH_SECONDS: an origin 1 s away is asked for a full pipeline within the first
+second, not only after it. It stays within [MIN_IN_FLIGHT, ceiling]:
 the ceiling (`fetch.max_in_flight`, by default 64 per thread and at most half the
 open-files limit) only keeps sockets finite. Memory is bounded elsewhere, by the
 byte budget, which counts every byte as it arrives (budget.py): a download
@@ -35,6 +39,7 @@ import logging
 import math
 import resource
 from collections import deque
+from collections.abc import Callable
 
 from csvcompress.config import FetchSettings
 
@@ -47,6 +52,9 @@ START_IN_FLIGHT = 16
 IN_FLIGHT_PER_THREAD = 64
 # Weight of the newest measurement in the moving averages.
 SMOOTHING = 0.1
+# While threads starve: how often the limit may grow, and by how much.
+WATCH_SECONDS = 0.1
+GROWTH = 1.5
 
 
 def raise_open_files_limit() -> int:
@@ -72,8 +80,12 @@ def ceiling(settings: FetchSettings, threads: int) -> int:
 class InFlight:
     """Slots for downloads, as many as Little's law says the threads need."""
 
-    def __init__(self, threads: int, ceiling: int) -> None:
+    def __init__(
+        self, threads: int, ceiling: int, starving: Callable[[], bool] | None = None
+    ) -> None:
         self._threads = threads
+        self._starving = starving
+        self._watching: asyncio.TimerHandle | None = None
         self._ceiling = max(MIN_IN_FLIGHT, ceiling)
         self._download_seconds: float | None = None
         self._compress_seconds: float | None = None
@@ -90,9 +102,28 @@ class InFlight:
     def used(self) -> int:
         return self._used
 
+    def watch(self) -> None:
+        """A download started: look now and then whether the threads starve meanwhile."""
+        if self._watching is None and self._starving is not None and not self._closed:
+            loop = asyncio.get_running_loop()
+            self._watching = loop.call_later(WATCH_SECONDS, self._look)
+
+    def _look(self) -> None:
+        self._watching = None
+        if self._starving is None or not self._starving():
+            return
+        grown = min(self._ceiling, math.ceil(self._limit * GROWTH))
+        if grown > self._limit:
+            self._limit = grown
+            self._hand_over()
+            self.watch()
+
     def close(self) -> None:
         """Shutting down: every waiter gets a slot at once (no new images are taken)."""
         self._closed = True
+        if self._watching is not None:
+            self._watching.cancel()
+            self._watching = None
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():

@@ -104,3 +104,26 @@ async def test_a_slow_origin_gets_more_downloads_in_flight_than_the_old_fixed_ca
     doc = await service.wait(request_id, timeout=60)
     assert doc["images"]["succeeded"] == len(urls)
     assert peak[0] > 2 * inflight.START_IN_FLIGHT, peak[0]
+
+
+async def test_before_any_download_is_back_starving_threads_grow_the_limit() -> None:
+    starving = [True]
+    rule = InFlight(threads=2, ceiling=100, starving=lambda: starving[0])
+    seen = [rule.limit]
+    rule.watch()  # the rule keeps looking while the threads starve
+
+    async def at_ceiling() -> None:
+        while rule.limit < 100:
+            await asyncio.sleep(inflight.WATCH_SECONDS / 4)
+            if rule.limit != seen[-1]:
+                seen.append(rule.limit)
+
+    await asyncio.wait_for(at_ceiling(), 10)
+    assert seen == [16, 24, 36, 54, 81, 100]  # by half each look, up to the ceiling
+
+
+async def test_fed_threads_do_not_grow_the_limit() -> None:
+    rule = InFlight(threads=2, ceiling=100, starving=lambda: False)
+    rule.watch()
+    await asyncio.sleep(inflight.WATCH_SECONDS * 2)
+    assert rule.limit == inflight.START_IN_FLIGHT
