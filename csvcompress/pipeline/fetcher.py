@@ -176,6 +176,9 @@ class Fetcher:
                     raise TooLarge(too_large)
                 await hold.take(len(chunk))
                 chunks.append(chunk)
+                # Let the loop's other work in between: a body arriving faster than it
+                # is read would otherwise be read in one go, status pages waiting.
+                await asyncio.sleep(0)
         except BaseException:
             # The exception's traceback keeps this frame, and with it the chunks, until
             # the cyclic collector runs (tenacity's retry state makes a cycle): up to
