@@ -175,7 +175,7 @@ class FetchSettings:
     # compression threads need, by Little's law on measured times (pipeline/inflight.py);
     # a number fixes the count.
     concurrency: int = 0
-    # The most downloads in flight when following the need; 0: 64 per CPU thread, at
+    # The most downloads in flight when following the need; 0: 128 per CPU thread, at
     # most half the open-files limit.
     max_in_flight: int = 0
     # Connections to one origin host at once (politeness); 0: no cap of its own.

@@ -11,22 +11,28 @@ So the limit follows the need, measured as the service runs:
 
 where C is the time one image takes in a compression thread and L the time one
 download takes (both moving averages of the last few dozen images). The extra
-`threads` keep one image ready per thread; HEADROOM absorbs the spread of
-download times. The limit grows as the origin gets slower or compression faster,
-and shrinks back when they change. Before the first downloads are back there is
-nothing to measure, so while every slot is downloading and a compression thread
-sits idle (and the byte budget has room), the limit grows by half every
-WATCH_SECONDS: an origin 1 s away is asked for a full pipeline within the first
-second, not only after it. It stays within [MIN_IN_FLIGHT, ceiling]:
-the ceiling (`fetch.max_in_flight`, by default 64 per thread and at most half the
-open-files limit) only keeps sockets finite. Memory is bounded elsewhere, by the
-byte budget, which counts every byte as it arrives (budget.py): a download
-waiting for its origin holds no bytes, and no download starts while the budget
-is full, so a far origin costs sockets, not memory.
+`threads` keep one image ready per thread. HEADROOM is 2, not the average's 1:
+downloads that start together come back together, so the pool is fed in waves;
+with 1.25 the threads were seen starving between waves (1 s away, 2 threads).
+The limit grows as the origin gets slower or compression faster, and shrinks
+back when they change (not while threads wait for input).
 
-Worked out for the bench's photos (C = 40 ms, L = 1 s): 2 threads, R = 50/s ->
-limit 65; 8 threads, R = 200/s -> 258 (ceiling 512); 32 threads, R = 800/s ->
-1,032 (ceiling 2,048, if the open-files limit allows 4,096).
+Before the first downloads are back there is nothing to measure, so while every
+slot is downloading and a compression thread sits idle (and the byte budget has
+room), the limit grows by half every WATCH_SECONDS: an origin 1 s away is asked
+for a full pipeline within the first second, not only after it.
+
+The limit stays within [MIN_IN_FLIGHT, ceiling]; the ceiling (`fetch.max_in_flight`,
+by default 128 per thread and at most half the open-files limit) only keeps
+sockets finite. Memory is bounded elsewhere, by the byte budget, which counts
+every byte as it arrives (budget.py): a download waiting for its origin holds no
+bytes, and no download starts while the budget is full, so a far origin costs
+sockets, not memory.
+
+Worked out for the bench's photos (C = 45 ms measured under load, L = 1 s): 2
+threads, R = 44/s -> limit 92 (ceiling 256); 8 threads, R = 178/s -> 364 (ceiling
+1,024); 32 threads, R = 711/s -> 1,454 (ceiling 4,096, the open-files limit
+permitting; C = 22 ms, an idle machine, gives 184, 736 and 2,942, still under).
 
 `fetch.concurrency` set to a number keeps the old rule: that many, fixed.
 """
@@ -45,11 +51,11 @@ from csvcompress.config import FetchSettings
 
 log = logging.getLogger(__name__)
 
-HEADROOM = 1.25
+HEADROOM = 2.0
 MIN_IN_FLIGHT = 4
 # Until the first images are measured: the old fixed count.
 START_IN_FLIGHT = 16
-IN_FLIGHT_PER_THREAD = 64
+IN_FLIGHT_PER_THREAD = 128
 # Weight of the newest measurement in the moving averages.
 SMOOTHING = 0.1
 # While threads starve: how often the limit may grow, and by how much.
@@ -167,6 +173,8 @@ class InFlight:
         rate = self._threads / self._compress_seconds
         needed = math.ceil(HEADROOM * rate * self._download_seconds) + self._threads
         limit = max(MIN_IN_FLIGHT, min(self._ceiling, needed))
+        if limit < self._limit and self._starving is not None and self._starving():
+            return  # the threads wait for input right now: no time to shrink
         if limit != self._limit:
             if abs(limit - self._limit) * 4 >= self._limit:  # log big moves only
                 log.info(

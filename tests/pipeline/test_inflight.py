@@ -26,9 +26,9 @@ def test_before_anything_is_measured_the_old_count_applies() -> None:
 
 def test_the_limit_is_littles_law_with_headroom() -> None:
     # 2 threads at 40 ms an image compress 50 images/s; an origin 1 s away needs 50 in
-    # flight, and the rule keeps a quarter more plus one ready per thread.
-    assert settle(InFlight(threads=2, ceiling=512), download=1.0, compress=0.04) == 65
-    assert settle(InFlight(threads=8, ceiling=512), download=1.0, compress=0.04) == 258
+    # flight, and the rule keeps twice that plus one ready per thread.
+    assert settle(InFlight(threads=2, ceiling=512), download=1.0, compress=0.04) == 102
+    assert settle(InFlight(threads=8, ceiling=512), download=1.0, compress=0.04) == 408
 
 
 def test_the_limit_follows_latency_up_and_back_down() -> None:
@@ -47,7 +47,7 @@ def test_the_ceiling_and_floor_hold() -> None:
 
 def test_automatic_ceiling_scales_with_threads() -> None:
     settings = FetchSettings()
-    assert inflight.ceiling(settings, 2) == min(128, inflight.raise_open_files_limit() // 2)
+    assert inflight.ceiling(settings, 2) == min(256, inflight.raise_open_files_limit() // 2)
     assert inflight.ceiling(FetchSettings(max_in_flight=40), 32) == 40
 
 
