@@ -190,8 +190,13 @@ class Bench:
             self.show(e2e)
             raws.append(self.minimal(mixed, vips, count))
             raw_rate = (raws[-2].rate + raws[-1].rate) / 2
+            raw_cpu = (raws[-2].cpu_ms + raws[-1].cpu_ms) / 2
             ratios.append(e2e.rate / raw_rate)
-            r.line(f"   service/minimal raw = {e2e.rate:.1f} / {raw_rate:.1f} = {ratios[-1]:.3f}")
+            r.line(
+                f"   service/minimal raw = {e2e.rate:.1f} / {raw_rate:.1f} = {ratios[-1]:.3f}; "
+                f"CPU per image minimal/service = {raw_cpu:.1f} / {e2e.cpu_ms:.1f} = "
+                f"{raw_cpu / e2e.cpu_ms:.3f}"
+            )
         ratio = rep.median(ratios)
         shown = ", ".join(f"{x:.3f}" for x in ratios)
         r.check(
