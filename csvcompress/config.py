@@ -171,9 +171,16 @@ class FetchSettings:
     read_timeout: float = 20.0
     max_bytes: int = 50 * MIB
     max_redirects: int = 5
-    # Downloads in flight at once, across all requests.
-    concurrency: int = 16
-    # Downloaded bytes held for compression; no new download starts above it (0: no limit).
+    # Downloads in flight at once, across all requests. 0 (the default): as many as the
+    # compression threads need, by Little's law on measured times (pipeline/inflight.py);
+    # a number fixes the count.
+    concurrency: int = 0
+    # The most downloads in flight when following the need; 0: 128 per CPU thread, at
+    # most half the open-files limit.
+    max_in_flight: int = 0
+    # Connections to one origin host at once (politeness); 0: no cap of its own.
+    per_host: int = 256
+    # Bytes arriving or downloaded, held for compression; downloads wait above it (0: no limit).
     buffer_bytes: int = 24 * MIB
     # Tries per image for connection errors, 5xx and 429.
     attempts: int = 3
@@ -190,7 +197,9 @@ class FetchSettings:
             _check(getattr(self, name) > 0, f"fetch.{name}", "must be positive")
         _check(self.max_bytes > 0, "fetch.max_bytes", "must be positive")
         _check(self.max_redirects >= 0, "fetch.max_redirects", "must be 0 or more")
-        _check(self.concurrency >= 1, "fetch.concurrency", "must be at least 1")
+        _check(self.concurrency >= 0, "fetch.concurrency", "must be 0 (follow the need) or more")
+        _check(self.max_in_flight >= 0, "fetch.max_in_flight", "must be 0 (automatic) or more")
+        _check(self.per_host >= 0, "fetch.per_host", "must be 0 (no cap) or more")
         _check(self.buffer_bytes >= 0, "fetch.buffer_bytes", "must be 0 or more")
         _check(self.attempts >= 1, "fetch.attempts", "must be at least 1")
         _check(self.backoff >= 0, "fetch.backoff", "must be 0 or more")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import subprocess
 import sys
 import tempfile
@@ -20,7 +21,7 @@ from csvcompress.bench.report import Report
 from csvcompress.bench.scenarios import Origin, Throughput
 from csvcompress.config import ImageSettings, WorkerSettings
 
-SECTIONS = ("throughput", "memory", "upload", "latency")
+SECTIONS = ("throughput", "mixed", "far", "hostile", "codec", "memory", "upload", "latency")
 MB = 1024 * 1024
 
 
@@ -42,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", type=Path, default=Path("bench/results.md"))
     p.add_argument("--no-results", action="store_true", help="do not append to --results")
     p.add_argument("--cache", type=Path, default=Path("bench/.corpus"), help="generated images")
+    p.add_argument("--mixed-images", type=int, default=240, help="URLs per mixed-corpus run")
+    p.add_argument("--far-images", type=int, default=2000, help="URLs per far-origin run")
+    p.add_argument("--far-delay", type=float, default=1.0, help="seconds the far origin waits")
+    p.add_argument("--hostile", type=int, default=16, help="endless bodies (and gzip bombs)")
     p.add_argument("--quick", action="store_true", help="small counts: a smoke run, not a result")
     return p
 
@@ -158,6 +163,143 @@ class Bench:
         peak = max(run.peak_rss_mb or 0 for run in runs)
         r.line(f"service peak RSS (libvips runs): {peak:.0f} MB")
 
+    async def mixed(self, session: aiohttp.ClientSession, origin: Origin) -> None:
+        """Issue 13, part 1: the mixed-profile corpus against the minimal libvips path."""
+        r = self.report
+        mixed = corpora.mixed(self.args.cache)
+        vips = ImageSettings()
+        count = self.args.mixed_images
+        r.line(f"\n== mixed corpus: {mixed.description}")
+        r.line(
+            "CPU ms per image, one thread; minimal libvips path by step (decode = load + avg,"
+            " colour = + icc_transform where the profile is not sRGB, encode = the rest),"
+            " then the service's recompress, and without its sRGB shortcut:"
+        )
+        for step in scenarios.step_costs(mixed, vips, rounds=3):
+            r.line(
+                f"   {step.kind:34} decode {step.decode_ms:6.1f}  colour {step.colour_ms:5.1f}"
+                f"  encode {step.encode_ms:6.1f}  | recompress {step.service_ms:6.1f}"
+                f" (sRGB transform not skipped: {step.service_no_skip_ms:6.1f})"
+            )
+        raws = [self.minimal(mixed, vips, count)]
+        ratios = []
+        for _ in range(max(1, self.args.repeat - 2)):
+            e2e = await scenarios.end_to_end(
+                session, self.fresh_dir("e2e-mixed"), origin, mixed, count, {}, self.env
+            )
+            self.show(e2e)
+            raws.append(self.minimal(mixed, vips, count))
+            raw_rate = (raws[-2].rate + raws[-1].rate) / 2
+            raw_cpu = (raws[-2].cpu_ms + raws[-1].cpu_ms) / 2
+            ratios.append(e2e.rate / raw_rate)
+            r.line(
+                f"   service/minimal raw = {e2e.rate:.1f} / {raw_rate:.1f} = {ratios[-1]:.3f}; "
+                f"CPU per image minimal/service = {raw_cpu:.1f} / {e2e.cpu_ms:.1f} = "
+                f"{raw_cpu / e2e.cpu_ms:.3f}"
+            )
+        ratio = rep.median(ratios)
+        shown = ", ".join(f"{x:.3f}" for x in ratios)
+        r.check(
+            "mixed corpus: end to end / minimal libvips (median)",
+            f"{ratio:.3f} (runs: {shown})",
+            ratio >= rep.MIN_MIXED_RATIO,
+        )
+
+    def minimal(self, corpus: corpora.Corpus, settings: ImageSettings, count: int) -> Throughput:
+        result = scenarios.minimal_raw(corpus, count, settings, self.threads)
+        self.show(result)
+        return result
+
+    async def far(
+        self, session: aiohttp.ClientSession, near: Origin, photos: corpora.Corpus, root: Path
+    ) -> None:
+        """Issue 13, part 2: the same photos from an origin `--far-delay` seconds away."""
+        r = self.report
+        a = self.args
+        r.line(
+            f"\n== far origin: {a.far_images} distinct URLs, every image answered "
+            f"{a.far_delay:g} s after it is asked for, against the same origin without the delay"
+        )
+        async with origin_process(root, a.far_delay) as far:
+
+            async def run(origin: Origin, name: str) -> Throughput:
+                result = await scenarios.end_to_end(
+                    session, self.fresh_dir(name), origin, photos, a.far_images, {}, self.env
+                )
+                self.show(result)
+                return result
+
+            before = await run(near, "e2e-near")
+            away = await run(far, "e2e-far")
+            after = await run(near, "e2e-near")
+        near_rate = (before.rate + after.rate) / 2
+        ratio = away.rate / near_rate
+        r.check(
+            f"origin {a.far_delay:g} s away / near (bracketed)",
+            f"{away.rate:.1f} / {near_rate:.1f} img/s = {ratio:.3f}",
+            ratio >= rep.MIN_FAR_RATIO,
+        )
+
+    async def hostile(self, session: aiohttp.ClientSession, origin: Origin) -> None:
+        """Issue 13, part 3: endless bodies and gzip bombs, default settings."""
+        n = self.args.hostile
+        rounds = 3
+        self.report.line(
+            f"\n== hostile downloads: {n} endless bodies and {n} gzip bombs (1 MiB inflating to"
+            f" 1 GiB) in one request, {rounds} requests in a row, default settings"
+        )
+        result = await scenarios.hostile(
+            session, self.fresh_dir("hostile"), origin, n, rounds, self.env
+        )
+        self.startups.append(result.startup_seconds)
+        reasons = "; ".join(f"{count} x {why!r}" for why, count in result.reasons.items())
+        self.report.line(
+            f"{result.failed} of {result.images * rounds} failed in {result.seconds:.1f} s "
+            f"({reasons}); RSS {result.rss_before_mb:.0f} MB before, peak "
+            f"{result.peak_rss_mb:.0f} MB, {result.rss_after_mb:.0f} MB after; slowest GET "
+            f"/status {result.status_max_ms:.0f} ms"
+        )
+        all_failed = result.failed == result.images * rounds and "(none)" not in result.reasons
+        self.report.check(
+            "hostile downloads: peak RSS, every image failed with its reason, /status < 1 s",
+            f"{result.peak_rss_mb:.0f} MB, {result.failed} failed, {result.status_max_ms:.0f} ms",
+            all_failed
+            and result.peak_rss_mb < rep.MAX_HOSTILE_RSS_MB
+            and result.status_max_ms < rep.MAX_HOSTILE_STATUS_MS,
+        )
+
+    async def codec(self, photos: corpora.Corpus, root: Path) -> None:
+        """Issue 13, part 4: the wheel's libvips (mozjpeg) against the system's, same job."""
+        self.report.line(
+            "\n== JPEG codec: the photos through imaging.recompress, CPU ms per image on one "
+            "thread (3 rounds) and img/s on one thread per core"
+        )
+        folder = root / "corpus" / photos.name
+        results = {}
+        for which in ("wheel", "system"):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "csvcompress.bench.codec", which, str(folder),
+                stdout=subprocess.PIPE,
+            )  # fmt: skip
+            out, _ = await proc.communicate()
+            found = json.loads(out.decode().strip().splitlines()[-1])
+            results[which] = found
+            if "error" in found:
+                self.report.line(f"{which}: {found['error']}")
+                continue
+            cpu = ", ".join(f"{ms:.1f}" for ms in found["cpu_ms"])
+            self.report.line(
+                f"{which}: {found['codec']}: CPU {cpu} ms/img; {found['rate']:.1f} img/s on "
+                f"{found['threads']} threads; output digest {found['digest']}"
+            )
+        wheel, system = results["wheel"], results["system"]
+        if "error" not in wheel and "error" not in system:
+            same = "the same bytes" if wheel["digest"] == system["digest"] else "DIFFERENT bytes"
+            self.report.line(
+                f"system/wheel: CPU per image {min(system['cpu_ms']) / min(wheel['cpu_ms']):.2f}"
+                f", rate {system['rate'] / wheel['rate']:.2f}x; {same}"
+            )
+
     async def memory(self, session: aiohttp.ClientSession, origin: Origin) -> None:
         big = corpora.big(self.args.cache)
         self.report.line(f"\n== memory: {self.args.big_images} images, {big.description}")
@@ -241,10 +383,11 @@ class Bench:
 
 
 @contextlib.asynccontextmanager
-async def origin_process(root: Path) -> AsyncIterator[Origin]:
+async def origin_process(root: Path, delay: float = 0.0) -> AsyncIterator[Origin]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "csvcompress.bench.origin", str(root), stdout=subprocess.PIPE
-    )
+        sys.executable, "-m", "csvcompress.bench.origin", str(root), str(delay),
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
     try:
         assert proc.stdout is not None
         line = (await proc.stdout.readline()).decode().split()
@@ -266,10 +409,20 @@ async def run(args: argparse.Namespace, sections: Sequence[str], report: Report)
         photos.write(root / "corpus")
         if "memory" in sections:
             corpora.big(args.cache).write(root / "corpus")
+        if "mixed" in sections:
+            corpora.mixed(args.cache).write(root / "corpus")
         bench = Bench(args, root, report)
         async with origin_process(root / "corpus") as origin, aiohttp.ClientSession() as session:
             if "throughput" in sections:
                 await bench.throughput(session, origin, photos)
+            if "mixed" in sections:
+                await bench.mixed(session, origin)
+            if "far" in sections:
+                await bench.far(session, origin, photos, root / "corpus")
+            if "hostile" in sections:
+                await bench.hostile(session, origin)
+            if "codec" in sections:
+                await bench.codec(photos, root)
             if "memory" in sections:
                 await bench.memory(session, origin)
             if "upload" in sections:
@@ -288,6 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"--only: unknown section(s) {sorted(unknown)}; choose from {SECTIONS}")
     if args.quick:
         args.images, args.big_images, args.rows, args.repeat = 100, 100, 10_000, 1
+        args.mixed_images, args.far_images, args.hostile = 48, 200, 4
         args.status_seconds = min(args.status_seconds, 3.0)
     title = f"{rep.now()}: {rep.cpu_model()}, {WorkerSettings().thread_count} cores"
     if args.quick:

@@ -14,7 +14,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyvips
+
 from csvcompress import samples
+from csvcompress.bench import profiles
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +105,87 @@ def photos(corpus_dir: Path | None, cache: Path | None) -> Corpus:
     if corpus_dir is not None:
         return from_dir("photos", corpus_dir)
     return generated("photos", [PHOTO_SIZE] * PHOTO_COUNT, cache)
+
+
+# The mix of issue 13, as product photos come: half the JPEGs carry a profile, most
+# of those sRGB; some cut-outs with alpha (PNG) and some WebP. Name -> how it is made.
+MIXED_PHOTO = (2000, 1500)
+MIXED_CUTOUT = (1000, 750)
+MIXED = (
+    "jpeg-untagged-1",
+    "jpeg-untagged-2",
+    "jpeg-untagged-3",
+    "jpeg-srgb-iec61966-1",
+    "jpeg-srgb-iec61966-2",
+    "jpeg-srgb-vendor",
+    "jpeg-display-p3",
+    "jpeg-adobe-rgb",
+    "png-alpha-1",
+    "png-alpha-2",
+    "webp-1",
+    "webp-2",
+)
+WEBP_SOURCE_QUALITY = 85
+
+
+def mixed(cache: Path | None) -> Corpus:
+    """The mixed-profile corpus (seeded, cached on disk like the others)."""
+    files: dict[str, bytes] = {}
+    for seed, stem in enumerate(MIXED, start=11):
+        kind = stem.split("-")[0]
+        file_name = f"{stem}.{'jpg' if kind == 'jpeg' else kind}"
+        cached = cache / "mixed" / file_name if cache is not None else None
+        if cached is not None and cached.is_file():
+            files[file_name] = cached.read_bytes()
+            continue
+        data = _mixed_file(stem, seed)
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            cached.write_bytes(data)
+        files[file_name] = data
+    description = (
+        f"mixed: {len(files)} files, {_kb(files)} KB on average: JPEG {MIXED_PHOTO[0]}x"
+        f"{MIXED_PHOTO[1]} q{SOURCE_QUALITY} (3 untagged, 2 tagged sRGB IEC61966-2.1, 1 a "
+        f"vendor's sRGB copy, 1 Display P3, 1 Adobe RGB), 2 PNG cut-outs with alpha "
+        f"{MIXED_CUTOUT[0]}x{MIXED_CUTOUT[1]}, 2 WebP {MIXED_PHOTO[0]}x{MIXED_PHOTO[1]}"
+    )
+    return Corpus("mixed", files, description)
+
+
+def _mixed_file(stem: str, seed: int) -> bytes:
+    kind = stem.split("-")[0]
+    if kind == "png":
+        width, height = MIXED_CUTOUT
+        image = samples.photo(width, height, seed)
+        # An opaque product on a transparent background, soft-edged.
+        xy = pyvips.Image.xyz(width, height)
+        distance = ((xy[0] - width / 2) ** 2 / (width * 0.4) ** 2) + (
+            (xy[1] - height / 2) ** 2 / (height * 0.4) ** 2
+        )
+        alpha = ((1.2 - distance) * 5 * 255).cast("uchar")  # clipped to 0..255
+        data: bytes = image.bandjoin(alpha).pngsave_buffer(keep="none")
+        return data
+    image = samples.photo(*MIXED_PHOTO, seed)
+    if kind == "webp":
+        data = image.webpsave_buffer(Q=WEBP_SOURCE_QUALITY, keep="none")
+        return data
+    profile = {
+        "jpeg-srgb-iec61966-1": profiles.srgb_iec61966,
+        "jpeg-srgb-iec61966-2": profiles.srgb_iec61966,
+        "jpeg-srgb-vendor": profiles.vendor_srgb,
+        "jpeg-adobe-rgb": profiles.adobe_rgb,
+    }.get(stem)
+    if stem == "jpeg-display-p3":
+        image = image.icc_transform("p3")  # the same colours, as P3 numbers and profile
+    elif profile is not None:
+        image = image.copy()
+        image.set_type(pyvips.GValue.blob_type, "icc-profile-data", profile())
+    else:
+        image = image.copy()
+        image.remove("icc-profile-data")
+    keep = "icc" if image.get_typeof("icc-profile-data") else "none"
+    data = image.jpegsave_buffer(Q=SOURCE_QUALITY, keep=keep)
+    return data
 
 
 def big(cache: Path | None) -> Corpus:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pyvips
 
 from csvcompress.bench.corpus import Corpus, csv_bytes
 from csvcompress.bench.service import (
@@ -25,7 +27,8 @@ from csvcompress.bench.service import (
 )
 from csvcompress.config import ImageSettings, WorkerSettings
 from csvcompress.errors import ImageRejected
-from csvcompress.pipeline import cpupool, imaging
+from csvcompress.pipeline import colour, cpupool, imaging
+from csvcompress.pipeline.admission import WEBP_EFFORT
 
 
 @dataclass(frozen=True)
@@ -346,3 +349,228 @@ async def _open_loop(url: str, rate: float, seconds: float) -> tuple[list[float]
             task.add_done_callback(tasks.discard)
         await asyncio.gather(*tasks)
     return latencies, failures[0], skipped, total - skipped
+
+
+# --- the minimal libvips reference (issue 13) ---------------------------------------------
+
+# The savers the minimal path calls for each input format (it keeps the format, as the
+# service's default `format = "keep"` does), at the service's quality and encoder settings.
+_MINIMAL_SAVERS = {"jpegload_buffer": "jpeg", "pngload_buffer": "png", "webpload_buffer": "webp"}
+
+
+def _strip() -> dict[str, Any]:
+    return {"keep": "none"} if pyvips.at_least_libvips(8, 15) else {"strip": True}
+
+
+def minimal_steps(data: bytes, settings: ImageSettings, convert: bool) -> list[Any]:
+    """The images after each step of the minimal path: decoded, in sRGB."""
+    image = pyvips.Image.new_from_buffer(data, "", access="sequential")
+    decoded = image
+    if convert:
+        image = image.icc_transform("srgb", embedded=True, depth=8)
+    return [decoded, image]
+
+
+def minimal_encode(image: Any, fmt: str, settings: ImageSettings) -> bytes:
+    strip = _strip()
+    if fmt == "jpeg":
+        data: bytes = image.jpegsave_buffer(
+            Q=settings.quality, optimize_coding=settings.optimize_coding, interlace=False, **strip
+        )
+    elif fmt == "png":
+        data = image.pngsave_buffer(palette=True, Q=settings.quality, **strip)
+    else:
+        data = image.webpsave_buffer(Q=settings.quality, effort=WEBP_EFFORT, **strip)
+    return data
+
+
+def _minimal_size(data: bytes, settings: ImageSettings, convert: bool) -> int:
+    image = minimal_steps(data, settings, convert)[-1]
+    fmt = _MINIMAL_SAVERS[image.get("vips-loader")]
+    return len(minimal_encode(image, fmt, settings))
+
+
+def needs_conversion(corpus: Corpus) -> dict[str, bool]:
+    """Which files of the corpus carry a profile that is not sRGB: worked out once, before
+    any timing, so the minimal path converts exactly those and nothing else."""
+    out = {}
+    for name, data in corpus.files.items():
+        image = pyvips.Image.new_from_buffer(data, "")
+        has = image.get_typeof("icc-profile-data") != 0
+        out[name] = has and not colour.is_srgb(image.get("icc-profile-data"))
+    return out
+
+
+def minimal_raw(corpus: Corpus, count: int, settings: ImageSettings, threads: int) -> Throughput:
+    """Decode -> sRGB only where the profile is not sRGB -> encode, from memory, in the
+    service's pool: the least work the job needs, none of the service's own code."""
+    convert = needs_conversion(corpus)
+    names = corpus.names
+    flags = [convert[names[k % len(names)]] for k in range(count)]
+    payloads = corpus.payloads(count)
+    imaging.configure(concurrency=1, pixel_budget=WorkerSettings().pixel_budget)
+    with cpupool.create(WorkerSettings(threads=threads)) as pool:
+        cpu = time.process_time()
+        started = time.perf_counter()
+        sizes = list(pool.map(_minimal_size, payloads, repeat(settings), flags))
+        seconds = time.perf_counter() - started
+        cpu = time.process_time() - cpu
+    return Throughput(
+        label=f"raw minimal libvips, {threads} threads, from memory",
+        images=count,
+        seconds=seconds,
+        bytes_in=sum(map(len, payloads)),
+        bytes_out=sum(sizes),
+        cpu_ms=cpu * 1000 / count,
+    )
+
+
+@dataclass(frozen=True)
+class Steps:
+    """CPU per image, one thread, by kind of file: the minimal path's steps, and the
+    service's whole `recompress` with and without the sRGB shortcut."""
+
+    kind: str
+    decode_ms: float
+    colour_ms: float
+    encode_ms: float
+    service_ms: float
+    service_no_skip_ms: float
+
+
+def _cpu_ms(action: Any, rounds: int) -> float:
+    action()  # warm
+    started = time.process_time()
+    for _ in range(rounds):
+        action()
+    return (time.process_time() - started) * 1000 / rounds
+
+
+def step_costs(corpus: Corpus, settings: ImageSettings, rounds: int) -> list[Steps]:
+    """Each step's CPU by the difference of sinks: decode = load + avg; colour = load +
+    transform + avg, less that; encode = the whole minimal path, less load + transform."""
+    imaging.configure(concurrency=1)
+    convert = needs_conversion(corpus)
+    kinds: dict[str, list[str]] = {}
+    for name in corpus.names:
+        kinds.setdefault(_kind(name, convert[name]), []).append(name)
+    out = []
+    for kind, names in kinds.items():
+        data = [corpus.files[n] for n in names]
+        flags = [convert[n] for n in names]
+
+        def run(action: Any, data: list[bytes] = data, flags: list[bool] = flags) -> Any:
+            return lambda: [action(d, f) for d, f in zip(data, flags, strict=True)]
+
+        per = len(data)
+        decode = _cpu_ms(run(lambda d, f: minimal_steps(d, settings, False)[0].avg()), rounds)
+        to_srgb = _cpu_ms(run(lambda d, f: minimal_steps(d, settings, f)[-1].avg()), rounds)
+        whole = _cpu_ms(run(lambda d, f: _minimal_size(d, settings, f)), rounds)
+        service = _cpu_ms(run(lambda d, f: imaging.recompress(d, settings)), rounds)
+        with _no_srgb_shortcut():
+            no_skip = _cpu_ms(run(lambda d, f: imaging.recompress(d, settings)), rounds)
+        out.append(
+            Steps(
+                kind=f"{kind} ({per})",
+                decode_ms=decode / per,
+                colour_ms=(to_srgb - decode) / per,
+                encode_ms=(whole - to_srgb) / per,
+                service_ms=service / per,
+                service_no_skip_ms=no_skip / per,
+            )
+        )
+    return out
+
+
+def _kind(name: str, convert: bool) -> str:
+    stem = re.sub(r"-\d+$", "", name.rsplit(".", 1)[0])
+    return stem + (", converted" if convert else "")
+
+
+class _no_srgb_shortcut:
+    """`imaging.to_srgb` as before issue 13: every embedded profile applied."""
+
+    def __enter__(self) -> None:
+        self._saved = imaging._tagged_srgb
+        imaging._tagged_srgb = lambda image: False
+
+    def __exit__(self, *exc: object) -> None:
+        imaging._tagged_srgb = self._saved
+
+
+# --- hostile downloads (issue 13) ----------------------------------------------------------
+
+HOSTILE_KINDS = ("endless", "bomb")
+STATUS_POLL_SECONDS = 0.2
+
+
+@dataclass(frozen=True)
+class Hostile:
+    rounds: int
+    images: int  # per round
+    failed: int  # over all rounds
+    reasons: dict[str, int]
+    rss_before_mb: float
+    peak_rss_mb: float
+    rss_after_mb: float
+    status_max_ms: float
+    seconds: float
+    startup_seconds: float
+
+
+async def hostile(
+    session: aiohttp.ClientSession,
+    workdir: Path,
+    origin: Origin,
+    per_kind: int,
+    rounds: int,
+    env: Mapping[str, str],
+) -> Hostile:
+    """`per_kind` endless bodies and as many gzip bombs in one request, `rounds` times in a
+    row, against the service with default settings; GET /status timed all along."""
+    service = ServiceProcess(workdir, {}, env)
+    startup = await service.start(session)
+    reasons: dict[str, int] = {}
+    failed = 0
+    slowest = 0.0
+    started = time.perf_counter()
+    try:
+        before, _ = service.memory_mb()
+        service.reset_peak()
+        for n in range(rounds):
+            urls = [
+                f"{origin.url}/hostile/{n}-{k}/{kind}"
+                for kind in HOSTILE_KINDS
+                for k in range(per_kind)
+            ]
+            accepted = await upload(session, service.base_url, csv_bytes(urls, 1))
+            while True:
+                asked = time.perf_counter()
+                doc = await status(session, service.base_url, accepted.request_id)
+                slowest = max(slowest, time.perf_counter() - asked)
+                if is_complete(doc):
+                    break
+                await asyncio.sleep(STATUS_POLL_SECONDS)
+            failed += doc["images"]["failed"]
+            page = f"{service.base_url}/requests/{accepted.request_id}/images?limit=1000"
+            async with session.get(page) as resp:
+                for image in (await resp.json())["images"]:
+                    reason = image["error"] or "(none)"
+                    reasons[reason] = reasons.get(reason, 0) + 1
+        seconds = time.perf_counter() - started
+        _, peak = service.memory_mb()
+        after, _ = service.memory_mb()
+    finally:
+        await service.stop()
+    return Hostile(
+        rounds=rounds,
+        images=per_kind * len(HOSTILE_KINDS),
+        failed=failed,
+        reasons=reasons,
+        rss_before_mb=before,
+        peak_rss_mb=peak,
+        rss_after_mb=after,
+        status_max_ms=slowest * 1000,
+        seconds=seconds,
+        startup_seconds=startup,
+    )

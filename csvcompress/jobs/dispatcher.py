@@ -213,7 +213,10 @@ class InProcessDispatcher:
 
     @property
     def worker_count(self) -> int:
-        return self._settings.fetch.concurrency + self._settings.workers.thread_count
+        """Enough workers for every download the processor may allow, plus one image
+        per compression thread; when the count follows the need, idle workers wait
+        for a download slot before taking an image, so none holds a job it cannot start."""
+        return self._processor.max_downloads + self._settings.workers.thread_count
 
     async def start(self) -> None:
         self._finisher.outputs_dir.mkdir(parents=True, exist_ok=True)
@@ -267,6 +270,7 @@ class InProcessDispatcher:
         """
         self.stopping = True
         await self._scheduler.close()
+        self._processor.close()
         deadline = asyncio.get_running_loop().time() + grace
         busy = [task for task in self._workers if not task.done()]
         if busy:
@@ -286,6 +290,7 @@ class InProcessDispatcher:
     async def stop(self) -> None:
         self.stopping = True
         await self._scheduler.close()
+        self._processor.close()
         for task in self._workers:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
@@ -295,10 +300,14 @@ class InProcessDispatcher:
             await asyncio.gather(*self._finishing, return_exceptions=True)
 
     async def _work(self) -> None:
-        while (job := await self._scheduler.next_job()) is not None:
+        while True:
+            slot = await self._processor.download_slot()
+            if (job := await self._scheduler.next_job()) is None:
+                slot.release()
+                return
             REQUEST_ID.set(job.request_id)  # this worker's log lines are about this request
             try:
-                result = await self._processor.process(job)
+                result = await self._processor.process(job, slot)
                 if result.error:
                     # The reason goes as a field (JSON logs show it), not in the message: a
                     # reason shared by every image of a request is logged once, where it arises.

@@ -13,21 +13,31 @@ waits until enough pixels are released. An image larger than the whole budget
 runs alone. Product photos of ordinary size never wait.
 
 ByteBudget: downloads run ahead of compression so the pool never waits for the
-network, but every image downloaded and not yet compressed is held in memory.
-With 16 downloads in flight and 24-megapixel photos of 4-10 MB (or 50 MB
-images, the fetch limit) that is 100-800 MB. A new download starts only while
-the bytes held, plus the downloads in flight counted at the average size seen
-so far, stay under the budget (one is always let in). With ordinary photos
-the budget is never reached (16 x 0.5 MB); when it is, the pool has seconds of
-work queued, so it never starves.
+network, but every byte downloaded and not yet compressed is held in memory,
+and so is every byte of a download still arriving. Counting only finished
+downloads let 16 hostile ones (endless bodies, gzip bombs) hold up to
+`fetch.max_bytes` each: 1.96 GB peak RSS measured (issue 13). So each byte
+counts as it arrives: a download takes its chunk from the budget before keeping
+it, and waits (its socket paused, the origin held back by TCP) while the budget
+is full. The oldest download still arriving may always take, so the budget
+never deadlocks with every download half-way; the most it overruns by is one
+download's `fetch.max_bytes`. A new download starts only while the budget is
+not full. With ordinary photos the budget is never reached; when it is, the
+pool has seconds of work queued, so it never starves. When the budget has been
+drained after holding a lot, the allocator's free memory goes back to the system.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+
+from csvcompress.pipeline import memory
+
+# After the budget held this much and drained, free heap memory is handed back.
+TRIM_AFTER_BYTES = 32 * 1024 * 1024
 
 
 class PixelBudget:
@@ -67,27 +77,43 @@ class PixelBudget:
 
 
 class Ticket:
-    """One image's place in a ByteBudget: expected while it downloads, then its real size."""
+    """One download's share of a ByteBudget: the bytes it holds, arriving or arrived."""
 
     def __init__(self, budget: ByteBudget) -> None:
         self._budget = budget
-        self.size: int | None = None  # None while downloading
+        self.size = 0  # bytes held
+        self.arriving = True
 
-    def downloaded(self, size: int) -> None:
-        """The download finished: count its real size from now on."""
-        self._budget._downloaded(self, size)
+    def can_take(self, size: int) -> bool:
+        """Whether `take(size)` would go through without waiting."""
+        return self._budget._may_take(self, size)
+
+    async def take(self, size: int) -> None:
+        """Count `size` more bytes before keeping them; wait while the budget is full."""
+        await self._budget._take(self, size)
+
+    def restart(self) -> None:
+        """A failed attempt's bytes are dropped: give them back before the next."""
+        self._budget._give_back(self, self.size)
+
+    def downloaded(self) -> None:
+        """The download finished: its bytes stay held until compressed (the `with` ends)."""
+        self._budget._downloaded(self)
 
 
 class ByteBudget:
+    """Bytes downloaded or arriving, on the event loop's thread only."""
+
     def __init__(self, limit: int = 0) -> None:
         self._limit = limit  # 0: no limit
-        self._held = 0  # bytes downloaded and not yet released
-        self._downloading = 0  # tickets still downloading
-        # Typical download size, to count those in flight; until one has finished, a
-        # quarter of the budget, so a burst at the start is four downloads, not all.
-        self._average = limit / 4
-        self._measured = False
-        self._changed = asyncio.Condition()
+        self._held = 0  # bytes held by all tickets
+        self._arriving: dict[Ticket, None] = {}  # downloads still arriving, oldest first
+        self._high = 0  # most held since the budget was last empty
+        self._waiters: list[asyncio.Future[None]] = []
+
+    @property
+    def limit(self) -> int:
+        return self._limit
 
     @property
     def held(self) -> int:
@@ -95,42 +121,61 @@ class ByteBudget:
 
     @property
     def downloading(self) -> int:
-        return self._downloading
+        return len(self._arriving)
+
+    def has_room(self) -> bool:
+        return not self._limit or self._held < self._limit
 
     @asynccontextmanager
     async def admit(self) -> AsyncIterator[Ticket]:
-        """Wait until there is room for one more download; hold it for the `with` block.
-
-        Downloads in flight count at the average size seen so far, so that waiters
-        woken together do not all start at once; one at a time is always let in.
-        """
-        if not self._has_room():
-            async with self._changed:
-                await self._changed.wait_for(self._has_room)
-        self._downloading += 1
+        """Wait until the budget is not full; hold one download's bytes for the `with` block."""
+        await self._wait_until(self.has_room)
         ticket = Ticket(self)
+        self._arriving[ticket] = None
         try:
             yield ticket
         finally:
-            if ticket.size is None:
-                self._downloading -= 1
-            else:
-                self._held -= ticket.size
-            async with self._changed:
-                self._changed.notify_all()
+            self._arriving.pop(ticket, None)
+            self._give_back(ticket, ticket.size)
+            if self._held == 0 and self._high >= TRIM_AFTER_BYTES:
+                self._high = 0
+                memory.trim()
 
-    def _downloaded(self, ticket: Ticket, size: int) -> None:
-        if ticket.size is not None:
-            raise RuntimeError("a ticket's download finishes once")
-        ticket.size = size
-        self._downloading -= 1
+    async def _take(self, ticket: Ticket, size: int) -> None:
+        await self._wait_until(lambda: self._may_take(ticket, size))
+        ticket.size += size
         self._held += size
-        if self._measured:
-            self._average = 0.8 * self._average + 0.2 * size
-        else:
-            self._average, self._measured = size, True
+        self._high = max(self._high, self._held)
 
-    def _has_room(self) -> bool:
-        if not self._limit or (self._held == 0 and self._downloading == 0):
+    def _may_take(self, ticket: Ticket, size: int) -> bool:
+        if not self._limit or self._held + size <= self._limit:
             return True
-        return self._held + self._downloading * self._average < self._limit
+        # The oldest download still arriving goes on, so one always finishes.
+        return next(iter(self._arriving), None) is ticket
+
+    def _downloaded(self, ticket: Ticket) -> None:
+        ticket.arriving = False
+        self._arriving.pop(ticket, None)
+        self._wake()  # another download may be the oldest now
+
+    def _give_back(self, ticket: Ticket, size: int) -> None:
+        ticket.size -= size
+        self._held -= size
+        self._wake()
+
+    async def _wait_until(self, ready: Callable[[], bool]) -> None:
+        while not ready():
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
+    def _wake(self) -> None:
+        """Every waiter checks again (they are few: downloads held back by the budget)."""
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)

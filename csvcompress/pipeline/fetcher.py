@@ -16,10 +16,12 @@ checked by the session's GuardedConnector (see netguard).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 from tenacity import RetryCallState
@@ -42,6 +44,27 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # The longest back-off between attempts (a Retry-After may ask for longer).
 MAX_BACKOFF = 30.0
 ACCEPT = "image/*, */*;q=0.5"
+
+
+class Hold(Protocol):
+    """Where a download's bytes are counted as they arrive (budget.Ticket)."""
+
+    def can_take(self, size: int) -> bool: ...
+
+    async def take(self, size: int) -> None: ...
+
+    def restart(self) -> None: ...
+
+
+class _Unbounded:
+    def can_take(self, size: int) -> bool:
+        return True
+
+    async def take(self, size: int) -> None:
+        return None
+
+    def restart(self) -> None:
+        return None
 
 
 @dataclass(frozen=True)
@@ -68,17 +91,27 @@ class Fetcher:
             sock_connect=settings.connect_timeout,
             sock_read=settings.read_timeout,
         )
-        self._slots = asyncio.Semaphore(settings.concurrency)
+        # A fixed count is kept here; a count that follows the need is kept by the
+        # dispatcher's workers (inflight.py), which ask before taking an image.
+        self._slots: asyncio.Semaphore | contextlib.nullcontext[None] = (
+            asyncio.Semaphore(settings.concurrency)
+            if settings.concurrency
+            else contextlib.nullcontext()
+        )
         self._retry = Backoff.exponential(
             settings.attempts, settings.backoff, max_delay=MAX_BACKOFF
         )
 
-    async def fetch(self, url: str) -> Fetched:
-        """Download `url`, following redirects; raise a FetchError subclass on failure."""
+    async def fetch(self, url: str, hold: Hold | None = None) -> Fetched:
+        """Download `url`, following redirects; raise a FetchError subclass on failure.
+
+        Each chunk of the body is counted in `hold` before it is kept, and the
+        download waits while `hold` has no room; the time waited does not count
+        against `fetch.timeout` (the origin is not the slow one then).
+        """
+        attempt = functools.partial(self._attempt, url, hold or _Unbounded())
         try:
-            return await self._retry.run(
-                functools.partial(self._attempt, url), before_sleep=_log_retry
-            )
+            return await self._retry.run(attempt, before_sleep=_log_retry)
         except FetchRetryable as exc:
             attempts = self._retry.attempts
             if attempts == 1:
@@ -87,25 +120,26 @@ class Fetcher:
                 f"{exc.message} (after {attempts} attempts)", exc.retry_after
             ) from exc
 
-    async def _attempt(self, url: str) -> Fetched:
+    async def _attempt(self, url: str, hold: Hold) -> Fetched:
+        hold.restart()  # a failed attempt's chunks are gone
         async with self._slots:
             try:
-                async with asyncio.timeout(self._settings.timeout):
-                    return await self._follow(url)
+                async with asyncio.timeout(self._settings.timeout) as deadline:
+                    return await self._follow(url, _Paused(hold, deadline))
             except TimeoutError:
                 raise FetchRetryable(f"timed out after {self._settings.timeout:g} s") from None
 
-    async def _follow(self, url: str) -> Fetched:
+    async def _follow(self, url: str, hold: Hold) -> Fetched:
         current = _parse_url(url)
         for _hop in range(self._settings.max_redirects + 1):
             self._guard.check_host(current.raw_host)
-            target = await self._get(current)
+            target = await self._get(current, hold)
             if isinstance(target, Fetched):
                 return target
             current = target
         raise TooManyRedirects(f"too many redirects (more than {self._settings.max_redirects})")
 
-    async def _get(self, url: URL) -> Fetched | URL:
+    async def _get(self, url: URL, hold: Hold) -> Fetched | URL:
         """One hop: the image, or the URL it redirects to."""
         try:
             async with self._session.get(
@@ -117,13 +151,13 @@ class Fetcher:
                 if resp.status in REDIRECT_STATUSES and resp.headers.get("Location"):
                     return _redirect_target(url, resp.headers["Location"])
                 _check_status(resp)
-                data = await self._read_body(resp)
+                data = await self._read_body(resp, hold)
                 content_type = resp.content_type if "Content-Type" in resp.headers else None
                 return Fetched(data=data, url=str(url), content_type=content_type)
         except aiohttp.ClientError as exc:
             raise _translate(exc) from exc
 
-    async def _read_body(self, resp: aiohttp.ClientResponse) -> bytes:
+    async def _read_body(self, resp: aiohttp.ClientResponse, hold: Hold) -> bytes:
         limit = self._settings.max_bytes
         too_large = f"image is larger than the limit of {limit} bytes"
         if resp.content_length is not None and resp.content_length > limit:
@@ -133,14 +167,54 @@ class Fetcher:
         # The sum is checked as it grows: a compressed body may exceed its Content-Length.
         chunks: list[bytes] = []
         size = 0
-        async for chunk in resp.content.iter_any():
-            size += len(chunk)
-            if size > limit:
-                raise TooLarge(too_large)
-            chunks.append(chunk)
+        # Chunks are the decoded bytes: aiohttp inflates a compressed body a bounded
+        # piece at a time, so a gzip bomb meets the limit like any other body.
+        try:
+            async for chunk in resp.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise TooLarge(too_large)
+                await hold.take(len(chunk))
+                chunks.append(chunk)
+                # Let the loop's other work in between: a body arriving faster than it
+                # is read would otherwise be read in one go, status pages waiting.
+                await asyncio.sleep(0)
+        except BaseException:
+            # The exception's traceback keeps this frame, and with it the chunks, until
+            # the cyclic collector runs (tenacity's retry state makes a cycle): up to
+            # max_bytes each that the budget no longer counts. Drop them now.
+            chunks.clear()
+            raise
         if not size:
             raise FetchError("empty body")
         return b"".join(chunks)
+
+
+class _Paused:
+    """A Hold whose waits push the attempt's deadline back by as long as they took."""
+
+    def __init__(self, hold: Hold, deadline: asyncio.Timeout) -> None:
+        self._hold = hold
+        self._deadline = deadline
+
+    def can_take(self, size: int) -> bool:
+        return self._hold.can_take(size)
+
+    async def take(self, size: int) -> None:
+        when = self._deadline.when()
+        if self._hold.can_take(size) or when is None:
+            await self._hold.take(size)
+            return
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        self._deadline.reschedule(None)  # the clock stops while the budget is full
+        try:
+            await self._hold.take(size)
+        finally:
+            self._deadline.reschedule(when + loop.time() - started)
+
+    def restart(self) -> None:
+        self._hold.restart()
 
 
 def _parse_url(url: str) -> URL:

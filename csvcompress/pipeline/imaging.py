@@ -36,7 +36,7 @@ import pyvips
 
 from csvcompress.config import ImageSettings
 from csvcompress.errors import ImageRejected
-from csvcompress.pipeline import memory
+from csvcompress.pipeline import codec, colour, memory
 from csvcompress.pipeline.admission import (
     ADMISSION,
     MEDIA,
@@ -93,6 +93,9 @@ def configure(concurrency: int | None = None, pixel_budget: int | None = None) -
 
     `pixel_budget` caps the pixels decoded at once across all threads (0: no cap),
     and big freed buffers go back to the system at once (see memory.py).
+
+    Called with settings (the service's start), it logs which libvips and which
+    JPEG library this process runs (see codec.py).
     """
     memory.return_big_buffers()
     pyvips.cache_set_max(0)
@@ -102,6 +105,8 @@ def configure(concurrency: int | None = None, pixel_budget: int | None = None) -
         pyvips.concurrency_set(concurrency)
     if pixel_budget is not None:
         PIXELS.set_limit(pixel_budget)
+    if concurrency is not None or pixel_budget is not None:
+        codec.log_in_use()
 
 
 configure()
@@ -128,6 +133,9 @@ AVIF_EFFORT = 1
 _JPEG_SHRINKS = (8, 4, 2)
 _RESIZE_HEADROOM = 2
 _WHITE = 255
+# What the sRGB-profile shortcut applies to: 8-bit RGB, with or without alpha.
+_RGB_BANDS = (3, 4)
+_RGB_INTERPRETATIONS = frozenset({"srgb", "rgb"})
 _MAX_REASON_CHARS = 200
 
 if pyvips.at_least_libvips(8, 15):
@@ -181,9 +189,13 @@ def scale(ctx: Context) -> None:
 
 def to_srgb(ctx: Context) -> None:
     """8-bit sRGB (or 8-bit grey): apply an embedded ICC profile, else convert
-    by interpretation (CMYK uses libvips' built-in CMYK profile)."""
+    by interpretation (CMYK uses libvips' built-in CMYK profile).
+
+    An embedded profile that is sRGB already is not applied: the transform would
+    leave every pixel as it is (see colour.py). The encoder strips it either way.
+    """
     image = ctx.image
-    if image.get_typeof("icc-profile-data") != 0:
+    if image.get_typeof("icc-profile-data") != 0 and not _tagged_srgb(image):
         image = image.icc_transform("srgb", embedded=True, depth=8)
     space = "b-w" if image.interpretation in ("b-w", "grey16") else "srgb"
     if image.interpretation != space or image.format != "uchar":
@@ -191,6 +203,15 @@ def to_srgb(ctx: Context) -> None:
     if image.format != "uchar":
         image = image.cast("uchar")
     ctx.image = image
+
+
+def _tagged_srgb(image: Any) -> bool:
+    """8-bit RGB(A) pixels whose embedded profile is sRGB."""
+    if image.format != "uchar" or image.bands not in _RGB_BANDS:
+        return False
+    if image.interpretation not in _RGB_INTERPRETATIONS:
+        return False
+    return colour.is_srgb(image.get("icc-profile-data"))
 
 
 def flatten(ctx: Context) -> None:

@@ -77,3 +77,9 @@ def trim_around(pixels: int) -> None:
     """Hand the arenas' free memory back to the system before and after a big image."""
     if pixels >= TRIM_AFTER_PIXELS and _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
+
+
+def trim() -> None:
+    """Hand the arenas' free memory back to the system now (after a burst of downloads)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)

@@ -305,11 +305,17 @@ def create_session(
 ) -> aiohttp.ClientSession:
     """The one way to make a session for URLs from outside (images, webhooks).
 
-    Keep-alive pooling with at most `settings.concurrency` connections in use,
-    no cookies, no proxies from the environment, and every connection guarded.
-    Must be called with an event loop running; the caller closes the session.
+    Keep-alive pooling with at most `settings.concurrency` connections in use
+    (`max_in_flight` when the count follows the need, see inflight.py; 0: no cap)
+    and `per_host` to one host, no cookies, no proxies from the environment, and
+    every connection guarded. Must be called with an event loop running; the
+    caller closes the session.
     """
-    connector = GuardedConnector(guard, limit=settings.concurrency)
+    connector = GuardedConnector(
+        guard,
+        limit=settings.concurrency or settings.max_in_flight,
+        limit_per_host=settings.per_host,
+    )
     timeout = aiohttp.ClientTimeout(
         total=settings.timeout if total_timeout is None else total_timeout,
         sock_connect=settings.connect_timeout,

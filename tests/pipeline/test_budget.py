@@ -13,7 +13,6 @@ from csvcompress.config import ImageSettings
 from csvcompress.pipeline import imaging, memory
 from csvcompress.pipeline.budget import ByteBudget, PixelBudget
 from tests import images
-from tests.waiting import poll
 
 WAIT = 5.0
 
@@ -98,97 +97,78 @@ def test_big_buffers_are_returned_on_glibc() -> None:
     memory.trim_around(memory.TRIM_AFTER_PIXELS)  # callable, harmless
 
 
-# --- ByteBudget: downloads held for compression ---------------------------------------
+# --- ByteBudget: bytes arriving and downloaded, held for compression -------------------
 
 
-# Each task notes its number in `asked` just before it asks for room. Asking runs to the
-# admission or to the wait without yielding, so once `asked` holds a task, it is either
-# in (noted in `started`) or waiting: what `started` says then is settled.
+async def _turns(n: int = 5) -> None:
+    """Let every task that can run do so (no time passes)."""
+    for _ in range(n):
+        await asyncio.sleep(0)
 
 
-async def _admitted(
-    budget: ByteBudget, asked: list[int], started: list[int], n: int, size: int
-) -> None:
-    asked.append(n)
-    async with budget.admit() as ticket:
-        started.append(n)
-        ticket.downloaded(size)
-        await asyncio.Event().wait()  # held until cancelled
-
-
-async def _gated(
-    budget: ByteBudget, asked: list[int], started: list[int], n: int, go: asyncio.Event, size: int
-) -> None:
-    asked.append(n)
-    async with budget.admit() as ticket:
-        started.append(n)
-        await go.wait()  # in flight until the test says go
-        ticket.downloaded(size)
-
-
-async def test_downloads_wait_while_the_budget_is_held_and_start_one_by_one() -> None:
+async def test_bytes_count_as_they_arrive_not_when_the_download_ends() -> None:
     budget = ByteBudget(10)
-    asked: list[int] = []
-    started: list[int] = []
-
-    def admitted(n: int) -> asyncio.Task[None]:
-        return asyncio.create_task(_admitted(budget, asked, started, n, 8))
-
-    first, second = admitted(0), admitted(1)  # 8 < 10: the second is let in
-    await poll(lambda: started == [0, 1], what="the first two downloads to start")
-    waiting = [admitted(n) for n in (2, 3, 4)]
-    await poll(lambda: len(asked) == 5, what="all five downloads to ask for room")
-    assert started == [0, 1] and budget.held == 16
-
-    first.cancel()
-    # 8 held: room for one more, and only one.
-    await poll(lambda: started != [0, 1], what="a waiting download to start")
-    assert started == [0, 1, 2] and budget.held == 16
-    second.cancel()
-    await poll(lambda: started != [0, 1, 2], what="the next waiting download to start")
-    assert started == [0, 1, 2, 3]
-    for task in waiting:
-        task.cancel()
-    await asyncio.gather(first, second, *waiting, return_exceptions=True)
-    assert started == [0, 1, 2, 3]
+    async with budget.admit() as ticket:
+        await ticket.take(4)
+        await ticket.take(4)
+        assert (budget.held, budget.downloading) == (8, 1)
+        ticket.downloaded()
+        assert (budget.held, budget.downloading) == (8, 0)  # held until compressed
     assert (budget.held, budget.downloading) == (0, 0)
 
 
-async def test_downloads_in_flight_count_at_the_average_size() -> None:
+async def test_a_younger_download_waits_while_the_budget_is_full() -> None:
     budget = ByteBudget(10)
-    async with budget.admit() as ticket:
-        ticket.downloaded(8)  # the average is now 8
-    go = asyncio.Event()
-    asked: list[int] = []
-    started: list[int] = []
-    tasks = [asyncio.create_task(_gated(budget, asked, started, n, go, 8)) for n in range(4)]
-    await poll(lambda: len(asked) == 4, what="all four downloads to ask for room")
-    # Nothing is held yet, but two downloads in flight (2 x 8) fill the budget of 10.
-    assert started == [0, 1]
-    go.set()
-    await asyncio.gather(*tasks)
-    assert started == [0, 1, 2, 3]
+    async with budget.admit() as older, budget.admit() as younger:
+        await older.take(8)
+        taking = asyncio.create_task(younger.take(4))  # 8 + 4 > 10, and not the oldest
+        await _turns()
+        assert not taking.done() and budget.held == 8
+        older.downloaded()  # held for compression: still no room
+        await _turns()
+        # Now the younger one is the oldest still arriving: it may go on.
+        assert taking.done() and budget.held == 12
+        await taking
+
+
+async def test_the_oldest_download_always_goes_on_so_nothing_deadlocks() -> None:
+    budget = ByteBudget(10)
+    async with budget.admit() as older, budget.admit() as younger:
+        await younger.take(9)
+        await older.take(9)  # over the limit, but the oldest: let through at once
+        assert budget.held == 18
+        waiting = asyncio.create_task(younger.take(1))
+        await _turns()
+        assert not waiting.done()
+        older.restart()  # its attempt failed: its bytes go back
+        await _turns()
+        assert waiting.done() and budget.held == 10
+        await waiting
+
+
+async def test_no_new_download_starts_while_the_budget_is_full() -> None:
+    budget = ByteBudget(10)
+    started = asyncio.Event()
+
+    async def second() -> None:
+        async with budget.admit():
+            started.set()
+
+    async with budget.admit() as first:
+        await first.take(10)
+        task = asyncio.create_task(second())
+        await _turns()
+        assert not started.is_set()
+    await asyncio.wait_for(started.wait(), 5)
+    await task
     assert (budget.held, budget.downloading) == (0, 0)
 
 
-async def test_before_any_download_finished_four_start_at_once() -> None:
-    budget = ByteBudget(100)
-    go = asyncio.Event()
-    asked: list[int] = []
-    started: list[int] = []
-    tasks = [asyncio.create_task(_gated(budget, asked, started, n, go, 1)) for n in range(10)]
-    await poll(lambda: len(asked) == 10, what="all ten downloads to ask for room")
-    assert started == [0, 1, 2, 3]  # each counted at a quarter of the budget
-    go.set()
-    await asyncio.gather(*tasks)
-    assert len(started) == 10
-
-
-async def test_a_failed_download_gives_its_place_back() -> None:
+async def test_a_failed_download_gives_its_bytes_back() -> None:
     budget = ByteBudget(10)
     with pytest.raises(OSError):
-        async with budget.admit():
-            assert budget.downloading == 1
+        async with budget.admit() as ticket:
+            await ticket.take(7)
             raise OSError("connection reset")
     assert (budget.held, budget.downloading) == (0, 0)
 
@@ -196,7 +176,7 @@ async def test_a_failed_download_gives_its_place_back() -> None:
 async def test_no_limit_never_waits_for_bytes() -> None:
     budget = ByteBudget(0)
     async with budget.admit() as a, budget.admit() as b:
-        a.downloaded(10**9)
-        b.downloaded(10**9)
-        async with budget.admit():
-            assert budget.held == 2 * 10**9
+        await b.take(10**9)
+        await a.take(10**9)
+        assert budget.held == 2 * 10**9
+        assert budget.has_room()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import gzip
 import os
@@ -20,6 +21,7 @@ from csvcompress.errors import (
     TooLarge,
     TooManyRedirects,
 )
+from csvcompress.pipeline.budget import ByteBudget, Ticket
 from csvcompress.pipeline.fetcher import Fetched, Fetcher, _translate
 from csvcompress.pipeline.netguard import NetGuard, create_session, guarded_socket_factory
 from tests.conftest import MakeListener
@@ -404,3 +406,70 @@ def test_refusal_behind_a_cause_is_found() -> None:
     refusal = _translate(wrapped)
     assert type(refusal) is AddressNotAllowed
     assert refusal.message == "address not allowed: 10.0.0.5"
+
+
+# --- bytes in flight count against the byte budget -------------------------------------
+
+
+class Watched:
+    """A budget ticket that records how much the whole budget held at each chunk."""
+
+    def __init__(self, budget: ByteBudget, ticket: Ticket) -> None:
+        self.budget = budget
+        self.ticket = ticket
+        self.peak = 0
+
+    def can_take(self, size: int) -> bool:
+        return self.ticket.can_take(size)
+
+    async def take(self, size: int) -> None:
+        await self.ticket.take(size)
+        self.peak = max(self.peak, self.budget.held)
+
+    def restart(self) -> None:
+        self.ticket.restart()
+
+
+async def _fetch_counted(
+    fetcher: Fetcher, budget: ByteBudget, url: str
+) -> tuple[Fetched | BaseException, int]:
+    async with budget.admit() as ticket:
+        watched = Watched(budget, ticket)
+        try:
+            return await fetcher.fetch(url, watched), watched.peak
+        except FetchError as exc:
+            return exc, watched.peak
+
+
+@pytest.mark.parametrize("path", ["/endless", "/gzip-bomb"])
+async def test_hostile_downloads_in_flight_are_held_to_the_budget(
+    path: str, origin: Origin, make_fetcher: MakeFetcher
+) -> None:
+    # Eight at once, each refused at 4 MB, sharing a budget of 1 MB: the budget is
+    # overrun by at most the one oldest download, never by all eight.
+    limit, max_bytes = 1_000_000, 4_000_000
+    if path == "/endless":
+        url = origin.endless("endless")
+    else:
+        bomb = gzip.compress(b"\0" * 20_000_000)
+        url = origin.add("gzip-bomb", bomb, "image/png", headers={"Content-Encoding": "gzip"})
+    fetcher = make_fetcher(max_bytes=max_bytes)
+    budget = ByteBudget(limit)
+    results = await asyncio.gather(*(_fetch_counted(fetcher, budget, url) for _ in range(8)))
+    for outcome, peak in results:
+        assert isinstance(outcome, TooLarge), outcome
+        assert outcome.message == f"image is larger than the limit of {max_bytes} bytes"
+        assert 0 < peak <= limit + max_bytes
+    assert (budget.held, budget.downloading) == (0, 0)
+
+
+async def test_ordinary_downloads_share_a_small_budget_and_all_arrive(
+    origin: Origin, make_fetcher: MakeFetcher
+) -> None:
+    budget = ByteBudget(len(IMAGE) // 2)  # not even one image fits
+    url = origin.add("img", IMAGE, "image/png")
+    results = await asyncio.gather(*(_fetch_counted(make_fetcher(), budget, url) for _ in range(6)))
+    for outcome, peak in results:
+        assert isinstance(outcome, Fetched) and outcome.data == IMAGE
+        assert peak >= len(IMAGE) // 2  # the bytes were counted while they arrived
+    assert budget.held == 0
