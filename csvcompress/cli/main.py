@@ -39,7 +39,7 @@ def _demo(args: argparse.Namespace) -> int:
     from csvcompress.cli.demo import run_demo
 
     setup_logging("warning")
-    return run_demo(args.config, rows=args.rows)
+    return run_demo(args.config, rows=args.rows, keep=Path(args.keep))
 
 
 def _target(args: argparse.Namespace) -> tuple[str, str]:
@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
     demo = sub.add_parser("demo", help="run a sample job end to end, offline")
     demo.add_argument("--rows", type=int, default=5, help="rows in the sample CSV")
+    demo.add_argument(
+        "--keep",
+        metavar="DIR",
+        default="csvcompress-demo",
+        help="where the demo's files are kept (default: ./csvcompress-demo, replaced each run)",
+    )
     demo.set_defaults(func=_demo)
 
     submit = sub.add_parser(
