@@ -339,6 +339,11 @@ class Settings:
         """Directory holding the output CSVs."""
         return self.data_dir / "outputs"
 
+    @property
+    def thumbnails_dir(self) -> Path:
+        """Directory holding the request page's thumbnails, a folder per request."""
+        return self.data_dir / "thumbnails"
+
 
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:

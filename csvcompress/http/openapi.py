@@ -156,6 +156,11 @@ SCHEMAS: dict[str, Schema] = {
             "bytes": _object({"input": _COUNT, "output": _COUNT}),
             "error": _nullable(_STRING),
             "error_code": _nullable(_STRING),
+            "thumbnails": {
+                **_nullable(_object({"before": _URL, "after": _URL})),
+                "description": "Small WebP previews of the original and the output, served "
+                "by the service (made on first view); null unless the image succeeded.",
+            },
         }
     ),
     "ImagePage": _object(
@@ -374,6 +379,25 @@ PATHS: dict[str, dict[str, Any]] = {
             "responses": {
                 "200": {"description": "The image", "content": {"image/*": {}}},
                 "404": _error("No such file."),
+            },
+        },
+    },
+    "/thumbnails/{request_id}/{name}": {
+        "parameters": [
+            _REQUEST_ID_PARAM,
+            {
+                "name": "name",
+                "in": "path",
+                "required": True,
+                "schema": {**_STRING, "pattern": "^[0-9]+-(before|after)[.]webp$"},
+            },
+        ],
+        "get": {
+            "tags": ["files"],
+            "summary": "A small preview of an image, before or after (from Image.thumbnails)",
+            "responses": {
+                "200": {"description": "The thumbnail", "content": {"image/webp": {}}},
+                "404": _error("No such image, it did not succeed, or no preview can be made."),
             },
         },
     },

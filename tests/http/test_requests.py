@@ -258,6 +258,7 @@ async def test_images_come_in_input_order_with_results(
         "bytes": {"input": 0, "output": 0},
         "error": "HTTP 404 from origin",
         "error_code": "fetch",
+        "thumbnails": None,
     }
     # A repeated URL shows its first occurrence's result.
     assert got[3]["output_url"] == got[0]["output_url"]
