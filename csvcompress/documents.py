@@ -7,6 +7,7 @@ field added here is added everywhere (and must be described in http/openapi.py).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -82,10 +83,20 @@ def request_data(record: RequestRecord, counts: ImageCounts, base_url: str) -> d
             "saved": record.bytes_in - record.bytes_out,
         },
         "output_csv_url": output_csv_url(base_url, record.id) if done else None,
+        "file_name": record.file_name,
+        "processing_seconds": round(_processing_seconds(record), 3),
     }
     if record.error:
         data["error"] = record.error
     return data
+
+
+def _processing_seconds(record: RequestRecord) -> float:
+    """Time spent processing: not the wait before it starts, nor time after a cancel or
+    before a retry; counting on while it processes."""
+    since = record.processing_since
+    running = max(0.0, time.time() - since) if since is not None else 0.0
+    return record.processing_seconds + running
 
 
 def status_document(

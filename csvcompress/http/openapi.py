@@ -60,6 +60,16 @@ _REQUEST_FIELDS: dict[str, Schema] = {
     "images": _ref("ImageCounts"),
     "bytes": _ref("Bytes"),
     "output_csv_url": {**_nullable(_URL), "description": "Set once the output CSV is ready."},
+    "file_name": {
+        **_nullable(_STRING),
+        "description": "The uploaded file's name (null for requests stored before it was kept).",
+    },
+    "processing_seconds": {
+        "type": "number",
+        "minimum": 0,
+        "description": "Time spent processing: not the wait before it, nor after a cancel "
+        "or before a retry; still counting while the request processes.",
+    },
 }
 _REQUEST_OPTIONAL: dict[str, Schema] = {
     "error": {"type": "string", "description": "Why a failed request failed."},
