@@ -14,6 +14,7 @@ from csvcompress.config import CloudinarySettings, LogSettings
 from tests import images
 from tests.conftest import ServiceFactory, csv_bytes
 from tests.servers import Origin
+from tests.waiting import poll
 
 API_KEY = "ak-7Hq2vN9xLmP4"
 CLOUDINARY_KEY = "874837483274837"
@@ -52,6 +53,8 @@ async def test_json_lines_carry_the_request_id_and_no_secret(
     good = origin.add("good.jpg", images.photo_jpeg(40, 30))
     request_id = await service.submit(csv_bytes([["1", "A", f"{good}, {origin.url}/gone.jpg"]]))
     await service.wait(request_id)
+    # Logged just after the status turns complete: wait for the line itself.
+    await poll(lambda: "output CSV written" in captured.getvalue(), what="the finishing line")
 
     # Careless lines of the kind that leak secrets: a settings dump, a header, an error.
     log = logging.getLogger("csvcompress.careless")
