@@ -20,6 +20,7 @@ from csvcompress.metrics import Metrics
 from csvcompress.pipeline import cpupool, imaging
 from csvcompress.pipeline.fetcher import Fetcher
 from csvcompress.pipeline.netguard import NetGuard, create_session
+from csvcompress.pipeline.thumbnails import Thumbnails
 from csvcompress.retention import Retention
 from csvcompress.storage import create_storage
 from csvcompress.store import create_store
@@ -48,15 +49,34 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         stack.callback(pool.shutdown, wait=True, cancel_futures=True)
         metrics = Metrics()
         webhooks = WebhookSender(settings, store, guard, metrics)
-        processor = Processor(settings, Fetcher(settings.fetch, session), storage, pool, metrics)
+        fetcher = Fetcher(settings.fetch, session)
+        processor = Processor(settings, fetcher, storage, pool, metrics)
         lifecycle = Lifecycle(store)
         finisher = Finisher(
             store, lifecycle, settings.outputs_dir, on_finished=webhooks.request_finished
         )
         dispatcher = InProcessDispatcher(settings, store, processor, finisher, lifecycle, metrics)
         retention = Retention(settings, store, storage, dispatcher)
+        thumbnails = Thumbnails(
+            settings.thumbnails_dir,
+            fetcher,
+            storage.local_file,
+            pool,
+            f"{settings.server.base_url}/files/",
+            settings.images.max_pixels,
+        )
         app[SERVICE] = Service(
-            settings, store, storage, guard, session, pool, dispatcher, webhooks, metrics, retention
+            settings,
+            store,
+            storage,
+            guard,
+            session,
+            pool,
+            dispatcher,
+            webhooks,
+            metrics,
+            retention,
+            thumbnails,
         )
         stack.push_async_callback(webhooks.close)
         await webhooks.start()

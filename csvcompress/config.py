@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import difflib
 import ipaddress
 import os
 import tomllib
@@ -347,6 +348,11 @@ class Settings:
         """Directory holding the output CSVs."""
         return self.data_dir / "outputs"
 
+    @property
+    def thumbnails_dir(self) -> Path:
+        """Directory holding the request page's thumbnails, a folder per request."""
+        return self.data_dir / "thumbnails"
+
 
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
@@ -375,8 +381,15 @@ def load_settings(
             raise ConfigError(f"{config_path}: not valid TOML: {exc}") from None
     elif explicit:
         raise ConfigError(f"config file {config_path} does not exist")
-    _apply_env(raw, env)
-    return settings_from_dict(raw)
+    in_file = _keys(raw)
+    from_env = _apply_env(raw, env)
+    try:
+        return settings_from_dict(raw)
+    except ConfigError as exc:
+        # Say where the bad setting was written: a variable of the shell, or the file.
+        key = _key_named(exc.message)
+        source = from_env.get(key) or (str(config_path) if key in in_file else None)
+        raise ConfigError(f"{exc.message} (set in {source})" if source else exc.message) from None
 
 
 def settings_from_dict(raw: Mapping[str, Any]) -> Settings:
@@ -405,8 +418,10 @@ def _replace(obj: Any, values: Mapping[str, Any]) -> Any:
     return dataclasses.replace(obj, **changed)
 
 
-def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
-    sections = {f.name: f for f in dataclasses.fields(Settings)}
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
+    """Put the CSVCOMPRESS_<SECTION>_<KEY> variables into `raw`; return key -> variable."""
+    sections = typing.get_type_hints(Settings)
+    applied: dict[str, str] = {}
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
             continue
@@ -414,14 +429,42 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
         section, _, key = rest.partition("_")
         if section not in sections or not key:
             continue
-        raw.setdefault(section, {})[key] = _parse_env_value(value)
+        hint = typing.get_type_hints(sections[section]).get(key)
+        raw.setdefault(section, {})[key] = _parse_env_value(value, hint)
+        applied[f"{section}.{key}"] = name
+    return applied
 
 
-def _parse_env_value(value: str) -> Any:
+def _parse_env_value(value: str, hint: Any) -> Any:
     try:
         return tomllib.loads(f"v = {value}")["v"]
     except tomllib.TOMLDecodeError:
-        return value
+        pass
+    if typing.get_origin(hint) is tuple:
+        # A list is also accepted the way shells write one: 10.0.0.0/8,192.168.0.0/16.
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+def _keys(raw: Mapping[str, Any], prefix: str = "") -> set[str]:
+    """Every dotted key in a nested mapping, tables included."""
+    keys = set()
+    for name, value in raw.items():
+        full = f"{prefix}{name}"
+        keys.add(full)
+        if isinstance(value, Mapping):
+            keys |= _keys(value, f"{full}.")
+    return keys
+
+
+def _key_named(message: str) -> str:
+    """The setting a ConfigError message is about ("server.port: ..." or "unknown setting: x")."""
+    if message.startswith(_UNKNOWN):
+        return message[len(_UNKNOWN) :].split(";", 1)[0]
+    return message.split(":", 1)[0].split("[", 1)[0]
+
+
+_UNKNOWN = "unknown setting: "
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
@@ -432,8 +475,10 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        names = ", ".join(f"{prefix}{'.' if prefix else ''}{k}" for k in unknown)
-        raise ConfigError(f"unknown setting: {names}")
+        name = f"{prefix}{'.' if prefix else ''}{unknown[0]}"
+        close = difflib.get_close_matches(unknown[0], list(fields), n=1)
+        hint = f"; did you mean {close[0]}?" if close else f"; {where} has {', '.join(fields)}"
+        raise ConfigError(f"{_UNKNOWN}{name}{hint}")
     values: dict[str, Any] = {}
     for key, value in raw.items():
         full = f"{prefix}.{key}" if prefix else key
@@ -448,7 +493,11 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if origin is tuple:
         item = typing.get_args(hint)[0]
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: must be a list")
+            example = value if isinstance(value, str) else "..."
+            raise ConfigError(
+                f'{key}: must be a list, not {value!r}: ["{example}"] in config.toml,'
+                " or a comma-separated list in the environment"
+            )
         return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
     if origin in (typing.Union, types.UnionType):
         raise ConfigError(f"{key}: unsupported setting type")  # pragma: no cover

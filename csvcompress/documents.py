@@ -7,6 +7,7 @@ field added here is added everywhere (and must be described in http/openapi.py).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,9 +18,21 @@ from csvcompress.models import (
     DeliveryState,
     ImageCounts,
     ImageRecord,
+    ImageStatus,
     RequestRecord,
     RequestStatus,
 )
+
+# An image's thumbnails: of the original ("before") and of the output ("after").
+THUMBNAIL_SIDES = ("before", "after")
+
+
+def thumbnail_urls(base_url: str, request_id: str, image_id: int) -> dict[str, str]:
+    """Where the page gets an image's thumbnails (made on first view, then kept)."""
+    return {
+        side: f"{base_url}/thumbnails/{request_id}/{image_id}-{side}.webp"
+        for side in THUMBNAIL_SIDES
+    }
 
 
 def status_url(base_url: str, request_id: str) -> str:
@@ -70,10 +83,20 @@ def request_data(record: RequestRecord, counts: ImageCounts, base_url: str) -> d
             "saved": record.bytes_in - record.bytes_out,
         },
         "output_csv_url": output_csv_url(base_url, record.id) if done else None,
+        "file_name": record.file_name,
+        "processing_seconds": round(_processing_seconds(record), 3),
     }
     if record.error:
         data["error"] = record.error
     return data
+
+
+def _processing_seconds(record: RequestRecord) -> float:
+    """Time spent processing: not the wait before it starts, nor time after a cancel or
+    before a retry; counting on while it processes."""
+    since = record.processing_since
+    running = max(0.0, time.time() - since) if since is not None else 0.0
+    return record.processing_seconds + running
 
 
 def status_document(
@@ -106,8 +129,13 @@ def request_list_document(
     }
 
 
-def image_document(image: ImageRecord) -> dict[str, Any]:
-    """One image of a request, `row` and `position` 1-based as people count."""
+def image_document(image: ImageRecord, request_id: str, base_url: str) -> dict[str, Any]:
+    """One image of a request, `row` and `position` 1-based as people count.
+
+    `thumbnails` (small WebP previews served by the service) only for an image that
+    succeeded: the page never loads the original from its origin.
+    """
+    succeeded = image.status is ImageStatus.SUCCEEDED
     return {
         "row": image.row + 1,
         "position": image.position + 1,
@@ -117,16 +145,17 @@ def image_document(image: ImageRecord) -> dict[str, Any]:
         "bytes": {"input": image.bytes_in, "output": image.bytes_out},
         "error": image.error,
         "error_code": image.error_code,
+        "thumbnails": thumbnail_urls(base_url, request_id, image.id) if succeeded else None,
     }
 
 
 def image_page_document(
-    request_id: str, images: Sequence[ImageRecord], next_cursor: str | None
+    request_id: str, images: Sequence[ImageRecord], next_cursor: str | None, base_url: str
 ) -> dict[str, Any]:
     """A page of GET /requests/{id}/images."""
     return {
         "request_id": request_id,
-        "images": [image_document(image) for image in images],
+        "images": [image_document(image, request_id, base_url) for image in images],
         "next_cursor": next_cursor,
     }
 

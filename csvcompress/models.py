@@ -78,6 +78,12 @@ class RequestRecord:
     updated_at: str
     bytes_in: int = 0
     bytes_out: int = 0
+    # The name of the uploaded file, as the browser or client sent it (None before v4).
+    file_name: str | None = None
+    # Seconds spent processing, up to the last finish or cancel; and since when (unix
+    # seconds) it has been processing again, if it is.
+    processing_seconds: float = 0.0
+    processing_since: float | None = None
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -35,6 +36,7 @@ class Retention:
     ) -> None:
         self._settings = settings.retention
         self._outputs_dir = settings.outputs_dir
+        self._thumbnails_dir = settings.thumbnails_dir
         self._store = store
         self._storage = storage
         self._queue = queue
@@ -114,6 +116,7 @@ class Retention:
         files = [Path(p) for p in await self._store.request_files(request_id)]
         files.append(self._outputs_dir / f"{request_id}.csv")
         await asyncio.to_thread(_unlink_all, files)
+        await asyncio.to_thread(shutil.rmtree, self._thumbnails_dir / request_id, True)
         await self._store.delete_request(request_id)
         log.info("request %s removed with its files", request_id)
         return True

@@ -232,3 +232,12 @@ def csv_bytes(
     writer.writerow(header)
     writer.writerows(rows)
     return out.getvalue().encode()
+
+
+def refused(address: str) -> str:
+    """The reason a user reads for an address the network guard refuses: it names the
+    setting that would allow it."""
+    return (
+        f"address not allowed: {address} (private and loopback addresses are refused; "
+        "allow a network with [fetch] allowed_networks)"
+    )

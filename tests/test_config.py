@@ -117,3 +117,49 @@ def test_replace_settings_merges_nested_tables() -> None:
     assert settings.storage.dir == "data/storage"
     with pytest.raises(ConfigError, match=r"storage\.cloudinary\.attempts: must be at least 1"):
         replace_settings(settings, storage={"cloudinary": {"attempts": 0}})
+
+
+def test_an_unknown_key_suggests_the_known_one_and_says_where_it_was_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[server]\nprot = 9000\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={})
+    assert info.value.message == f"unknown setting: server.prot; did you mean port? (set in {path})"
+    with pytest.raises(ConfigError) as info:
+        monkeypatch.chdir(tmp_path)  # no ./config.toml
+        load_settings(environ={"CSVCOMPRESS_SERVER_PROT": "1"})
+    assert info.value.message == (
+        "unknown setting: server.prot; did you mean port? (set in CSVCOMPRESS_SERVER_PROT)"
+    )
+
+
+def test_a_bad_value_from_the_environment_names_the_variable() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"CSVCOMPRESS_SERVER_PORT": "99999"})
+    assert info.value.message == (
+        "server.port: must be between 0 and 65535 (set in CSVCOMPRESS_SERVER_PORT)"
+    )
+
+
+def test_a_list_from_the_environment_may_be_comma_separated() -> None:
+    # As a user types it in a shell; the TOML form keeps working.
+    for value in ("127.0.0.0/8", "127.0.0.0/8, 10.0.0.0/8", '["127.0.0.0/8", "10.0.0.0/8"]'):
+        settings = load_settings(environ={"CSVCOMPRESS_FETCH_ALLOWED_NETWORKS": value})
+        assert settings.fetch.allowed_networks[0] == "127.0.0.0/8"
+    settings = load_settings(
+        environ={"CSVCOMPRESS_FETCH_ALLOWED_NETWORKS": "127.0.0.0/8,10.0.0.0/8"}
+    )
+    assert settings.fetch.allowed_networks == ("127.0.0.0/8", "10.0.0.0/8")
+
+
+def test_a_string_where_the_file_needs_a_list_shows_the_accepted_form(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[fetch]\nallowed_networks = "10.0.0.0/8"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={})
+    assert info.value.message == (
+        "fetch.allowed_networks: must be a list, not '10.0.0.0/8': [\"10.0.0.0/8\"] in"
+        f" config.toml, or a comma-separated list in the environment (set in {path})"
+    )

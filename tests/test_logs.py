@@ -14,6 +14,7 @@ from csvcompress.config import CloudinarySettings, LogSettings
 from tests import images
 from tests.conftest import ServiceFactory, csv_bytes
 from tests.servers import Origin
+from tests.waiting import poll
 
 API_KEY = "ak-7Hq2vN9xLmP4"
 CLOUDINARY_KEY = "874837483274837"
@@ -52,6 +53,8 @@ async def test_json_lines_carry_the_request_id_and_no_secret(
     good = origin.add("good.jpg", images.photo_jpeg(40, 30))
     request_id = await service.submit(csv_bytes([["1", "A", f"{good}, {origin.url}/gone.jpg"]]))
     await service.wait(request_id)
+    # Logged just after the status turns complete: wait for the line itself.
+    await poll(lambda: "output CSV written" in captured.getvalue(), what="the finishing line")
 
     # Careless lines of the kind that leak secrets: a settings dump, a header, an error.
     log = logging.getLogger("csvcompress.careless")
@@ -80,7 +83,7 @@ async def test_json_lines_carry_the_request_id_and_no_secret(
     assert len(failed) == 1
     assert failed[0]["request_id"] == request_id
     assert failed[0]["level"] == "INFO"
-    assert failed[0]["message"].endswith("gone.jpg failed (fetch)")
+    assert failed[0]["message"].endswith("gone.jpg failed (fetch): HTTP 404 from origin")
     assert failed[0]["error"] == "HTTP 404 from origin"
     finished = [line for line in lines if line["message"].endswith("output CSV written")]
     assert [line["request_id"] for line in finished] == [request_id]
@@ -97,9 +100,10 @@ async def test_text_lines_are_tagged_with_the_request(
     lines = captured.getvalue().splitlines()
     failed = [line for line in lines if "gone.jpg failed" in line]
     assert len(failed) == 1
-    assert (
+    # The line says why, as the README's example line does.
+    assert failed[0].endswith(
         f" INFO csvcompress.jobs.dispatcher [{request_id}]: image {origin.url}/gone.jpg failed"
-        in failed[0]
+        " (fetch): HTTP 404 from origin"
     )
     # A line about no request in particular has no tag.
     logging.getLogger("csvcompress.test").info("hello")

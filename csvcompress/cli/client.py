@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -42,6 +43,37 @@ class ClientError(Exception):
         self.message = message
         self.status = status
         self.problems = problems or []
+
+
+def server_url(text: str) -> str:
+    """The service's base URL from --server: `host:port` means `http://host:port`.
+
+    Raises ClientError, with a line fit to print, for anything but an http(s) URL.
+    """
+    url = text.strip()
+    if "://" not in url:
+        url = f"http://{url}"
+    parts = urllib.parse.urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        parts = parts._replace(netloc="")
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ClientError(
+            f"--server must be an http(s) URL such as http://127.0.0.1:8080, not {text!r}"
+        )
+    return url.rstrip("/")
+
+
+def check_output(dest: Path) -> None:
+    """Raise ClientError unless the output CSV can be written at `dest` (before uploading)."""
+    folder = dest.parent
+    if dest.is_dir():
+        raise ClientError(f"cannot save the output CSV to {dest}: it is a folder")
+    if not folder.is_dir():
+        raise ClientError(f"cannot save the output CSV to {dest}: no folder {folder}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ClientError(f"cannot save the output CSV to {dest}: {folder} is not writable")
 
 
 def problem_line(problem: Problem) -> str:
@@ -96,6 +128,8 @@ class Client:
                 yield resp
         except aiohttp.ClientConnectionError as exc:
             raise ClientError(f"cannot reach {self.server}: {_reason(exc)}") from None
+        except aiohttp.ClientError as exc:  # a bad answer, an unusable URL
+            raise ClientError(f"{self.server}: {exc.__class__.__name__}: {exc}") from None
         except TimeoutError:
             raise ClientError(f"{self.server} did not answer in time") from None
 
@@ -149,6 +183,8 @@ class Client:
                     await out.write(chunk)
                     size += len(chunk)
             await asyncio.to_thread(os.replace, partial, dest)
+        except OSError as exc:
+            raise ClientError(f"cannot save the output CSV to {dest}: {exc.strerror}") from None
         finally:
             with contextlib.suppress(FileNotFoundError):
                 await asyncio.to_thread(partial.unlink)
@@ -314,6 +350,9 @@ async def submit(
         err.write(f"csvcompress: cannot read {options.csv_path}: {exc.strerror}\n")
         return EXIT_ERROR
     try:
+        if options.wait and options.output is not None:
+            # Found out now, not after the whole job has run.
+            await asyncio.to_thread(check_output, options.output)
         async with Client(server, api_key) as client:
             accepted = await client.upload(csv_file, options.csv_path.name, options.webhook_url)
             request_id = str(accepted["request_id"])

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from csvcompress import logs
+from csvcompress.cli.client import ClientError, server_url
 from csvcompress.config import LogSettings, load_settings
 from csvcompress.errors import ConfigError
 
@@ -38,12 +39,12 @@ def _demo(args: argparse.Namespace) -> int:
     from csvcompress.cli.demo import run_demo
 
     setup_logging("warning")
-    return run_demo(args.config, rows=args.rows)
+    return run_demo(args.config, rows=args.rows, keep=Path(args.keep))
 
 
 def _target(args: argparse.Namespace) -> tuple[str, str]:
     """The server URL and API key: options, then $CSVCOMPRESS_API_KEY, then the settings."""
-    server: str | None = args.server
+    server: str | None = server_url(args.server) if args.server is not None else None
     key: str = args.api_key or os.environ.get(API_KEY_ENV, "")
     if server is None or not key:
         settings = load_settings(args.config)
@@ -97,13 +98,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
     demo = sub.add_parser("demo", help="run a sample job end to end, offline")
     demo.add_argument("--rows", type=int, default=5, help="rows in the sample CSV")
+    demo.add_argument(
+        "--keep",
+        metavar="DIR",
+        default="csvcompress-demo",
+        help="where the demo's files are kept (default: ./csvcompress-demo, replaced each run)",
+    )
     demo.set_defaults(func=_demo)
 
     submit = sub.add_parser(
         "submit",
         help="upload a CSV to a running service",
-        description="Upload a CSV and print its request ID. Exit status: 0 done (with --wait: "
-        "every image compressed), 1 some images or the request failed, 2 refused or error.",
+        description="Upload a CSV and print its request ID. Exit status: 0 accepted (with "
+        "--wait: complete, every image compressed); 1 with --wait, the request finished but "
+        "not every image was compressed (complete with failed images, failed or cancelled); "
+        "2 refused or an error (the file, the output path, the service unreachable, a 4xx/5xx).",
     )
     submit.add_argument("file", help="the CSV to upload")
     submit.add_argument("--webhook", metavar="URL", help="URL to POST to when it finishes")
@@ -119,7 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit.set_defaults(func=_submit)
 
-    status = sub.add_parser("status", help="show a request's status")
+    status = sub.add_parser(
+        "status",
+        help="show a request's status",
+        description="Show a request's status. Exit status: 0 the status was shown, whatever "
+        "the request's state; 2 an error (unknown request, the service unreachable, a 4xx/5xx).",
+    )
     status.add_argument("request_id", help="the ID printed by submit")
     status.add_argument("--json", action="store_true", help="print the raw status document")
     _add_client_options(status)
@@ -134,6 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except ConfigError as exc:
         print(f"csvcompress: configuration error: {exc.message}", file=sys.stderr)
+        return 2
+    except ClientError as exc:  # a bad option value (--server), said in one line
+        print(f"csvcompress: {exc.message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ncsvcompress: interrupted (a submitted request goes on)", file=sys.stderr)

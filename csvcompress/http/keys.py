@@ -16,6 +16,7 @@ from csvcompress.config import Settings
 from csvcompress.jobs.dispatcher import Dispatcher
 from csvcompress.metrics import Metrics
 from csvcompress.pipeline.netguard import NetGuard
+from csvcompress.pipeline.thumbnails import Thumbnails
 from csvcompress.retention import Retention
 from csvcompress.storage import Storage
 from csvcompress.store.base import Store
@@ -36,6 +37,7 @@ class Service:
     webhooks: WebhookSender
     metrics: Metrics
     retention: Retention
+    thumbnails: Thumbnails
 
 
 SETTINGS = web.AppKey("settings", Settings)

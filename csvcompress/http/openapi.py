@@ -60,6 +60,16 @@ _REQUEST_FIELDS: dict[str, Schema] = {
     "images": _ref("ImageCounts"),
     "bytes": _ref("Bytes"),
     "output_csv_url": {**_nullable(_URL), "description": "Set once the output CSV is ready."},
+    "file_name": {
+        **_nullable(_STRING),
+        "description": "The uploaded file's name (null for requests stored before it was kept).",
+    },
+    "processing_seconds": {
+        "type": "number",
+        "minimum": 0,
+        "description": "Time spent processing: not the wait before it, nor after a cancel "
+        "or before a retry; still counting while the request processes.",
+    },
 }
 _REQUEST_OPTIONAL: dict[str, Schema] = {
     "error": {"type": "string", "description": "Why a failed request failed."},
@@ -156,6 +166,11 @@ SCHEMAS: dict[str, Schema] = {
             "bytes": _object({"input": _COUNT, "output": _COUNT}),
             "error": _nullable(_STRING),
             "error_code": _nullable(_STRING),
+            "thumbnails": {
+                **_nullable(_object({"before": _URL, "after": _URL})),
+                "description": "Small WebP previews of the original and the output, served "
+                "by the service (made on first view); null unless the image succeeded.",
+            },
         }
     ),
     "ImagePage": _object(
@@ -374,6 +389,25 @@ PATHS: dict[str, dict[str, Any]] = {
             "responses": {
                 "200": {"description": "The image", "content": {"image/*": {}}},
                 "404": _error("No such file."),
+            },
+        },
+    },
+    "/thumbnails/{request_id}/{name}": {
+        "parameters": [
+            _REQUEST_ID_PARAM,
+            {
+                "name": "name",
+                "in": "path",
+                "required": True,
+                "schema": {**_STRING, "pattern": "^[0-9]+-(before|after)[.]webp$"},
+            },
+        ],
+        "get": {
+            "tags": ["files"],
+            "summary": "A small preview of an image, before or after (from Image.thumbnails)",
+            "responses": {
+                "200": {"description": "The thumbnail", "content": {"image/webp": {}}},
+                "404": _error("No such image, it did not succeed, or no preview can be made."),
             },
         },
     },

@@ -21,11 +21,11 @@ from csvcompress.models import UNFINISHED_STATUSES
 
 STATIC_DIR = Path(__file__).parent.parent / "static"
 
-# The pages load only their own scripts and styles; images may come from anywhere,
-# since "before" thumbnails are the input URLs themselves.
+# The pages load only their own scripts, styles and images: the thumbnails are the
+# service's own (/thumbnails/), so the browser never asks an image's origin.
 PAGE_HEADERS = {
     "Content-Security-Policy": (
-        "default-src 'self'; img-src * data: blob:; object-src 'none'; base-uri 'none'; "
+        "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'; "
         "form-action 'self'; frame-ancestors 'none'"
     ),
     "Referrer-Policy": "no-referrer",

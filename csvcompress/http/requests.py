@@ -93,7 +93,9 @@ async def request_images(request: web.Request) -> web.Response:
     found = await service.store.image_page(request_id, after, limit + 1)
     page = found[:limit]
     more = len(found) > limit
-    doc = image_page_document(request_id, page, str(page[-1].id) if more else None)
+    doc = image_page_document(
+        request_id, page, str(page[-1].id) if more else None, service.settings.server.base_url
+    )
     return web.json_response(doc, headers=NO_STORE)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from csvcompress.http import files, openapi, ops, pages, requests, uploads
+from csvcompress.http import files, openapi, ops, pages, requests, thumbnails, uploads
 
 ROUTES: list[web.RouteDef] = [
     # The browser pages (HTML, with their scripts and styles).
@@ -29,6 +29,8 @@ ROUTES: list[web.RouteDef] = [
     web.post("/requests/{request_id}/webhook/redeliver", requests.redeliver_webhook),
     # The output images, when the storage backend is one the service serves itself.
     web.get("/files/{key:.+}", files.stored_file),
+    # The request page's small previews of each image, made by the service on first view.
+    web.get("/thumbnails/{request_id}/{name}", thumbnails.thumbnail),
     # For operators and tools.
     web.get("/healthz", ops.healthz),
     web.get("/metrics", ops.metrics),

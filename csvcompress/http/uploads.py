@@ -22,7 +22,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import aiofiles
 from aiohttp import BodyPartReader, MultipartReader, StreamReader, web
@@ -40,6 +40,8 @@ from csvcompress.store.base import Store
 FILE_FIELD = "file"
 WEBHOOK_FIELD = "webhook_url"
 MAX_WEBHOOK_URL_LENGTH = 2048
+# The uploaded file name kept for listings (longer names are cut).
+MAX_FILE_NAME = 255
 CHUNK = 256 * 1024
 # Seconds a webhook host may take to resolve at upload before the upload is refused.
 WEBHOOK_RESOLVE_TIMEOUT = 5.0
@@ -56,8 +58,10 @@ async def upload(request: web.Request) -> web.Response:
     """202 with the new request (its status URL also in Location); processing has started."""
     service = request.app[SERVICE]
     settings = service.settings
-    part_path, webhook_url = await receive(request, settings)
-    accepted = await asyncio.to_thread(ingest, part_path, settings, service.store, webhook_url)
+    part_path, webhook_url, file_name = await receive(request, settings)
+    accepted = await asyncio.to_thread(
+        ingest, part_path, settings, service.store, webhook_url, file_name
+    )
     await service.dispatcher.submit(accepted.request_id)
     doc = upload_accepted_document(
         accepted.request_id, accepted.rows, accepted.images, settings.server.base_url
@@ -104,8 +108,8 @@ async def check_webhook_destination(url: str, guard: NetGuard) -> None:
         raise BadRequest(f"{prefix}: cannot resolve {host}") from None
 
 
-async def receive(request: web.Request, settings: Settings) -> tuple[Path, str | None]:
-    """Stream the multipart body's CSV to a file; returns (path, webhook URL)."""
+async def receive(request: web.Request, settings: Settings) -> tuple[Path, str | None, str | None]:
+    """Stream the multipart body's CSV to a file; returns (path, webhook URL, file name)."""
     limits = settings.limits
     if request.content_length is not None and request.content_length > limits.max_upload_bytes:
         raise _too_large(limits)
@@ -128,13 +132,23 @@ async def receive(request: web.Request, settings: Settings) -> tuple[Path, str |
         if form.path is not None:
             await asyncio.to_thread(_unlink_quietly, form.path)
         raise
-    return form.path, webhook or None
+    return form.path, webhook or None, form.file_name
 
 
 @dataclass
 class _Form:
     webhook: str | None
     path: Path | None = None
+    file_name: str | None = None
+
+
+def _file_name(sent: str | None) -> str | None:
+    """The uploaded file's own name, as a listing shows it: no folders, no control
+    characters, at most MAX_FILE_NAME characters."""
+    # aiohttp's client (the CLI) percent-encodes the name; browsers send it as it is.
+    name = unquote(sent or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(c for c in name if c.isprintable()).strip()[:MAX_FILE_NAME]
+    return name or None
 
 
 async def _read_form(
@@ -148,6 +162,7 @@ async def _read_form(
                 continue
             if part.name == FILE_FIELD and form.path is None:
                 form.path = uploads / f"{new_request_id()}.csv.part"
+                form.file_name = _file_name(part.filename)
                 await _save(part, form.path)
             elif part.name == WEBHOOK_FIELD:
                 text = (await part.read_chunk(MAX_WEBHOOK_URL_LENGTH + 1)).decode(errors="replace")
@@ -204,7 +219,13 @@ def _too_large(limits: LimitSettings) -> PayloadTooLarge:
     return PayloadTooLarge(f"the file is larger than the limit of {limits.max_upload_bytes} bytes")
 
 
-def ingest(part_path: Path, settings: Settings, store: Store, webhook_url: str | None) -> Accepted:
+def ingest(
+    part_path: Path,
+    settings: Settings,
+    store: Store,
+    webhook_url: str | None,
+    file_name: str | None = None,
+) -> Accepted:
     """Validate the saved CSV and store the request (runs in a thread).
 
     One pass over the file: each row is stored as soon as it is checked, in one
@@ -222,7 +243,10 @@ def ingest(part_path: Path, settings: Settings, store: Store, webhook_url: str |
             summary = csv_input.validate(part_path, settings.limits, on_row=add_row)
             os.replace(part_path, final)
             images = inserter.finish(
-                input_path=str(final), webhook_url=webhook_url, rows=summary.rows
+                input_path=str(final),
+                webhook_url=webhook_url,
+                rows=summary.rows,
+                file_name=file_name,
             )
     except BaseException:
         _unlink_quietly(part_path)

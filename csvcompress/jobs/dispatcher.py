@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from csvcompress.config import Settings
-from csvcompress.errors import Conflict
+from csvcompress.errors import Conflict, StorageRejected
 from csvcompress.jobs.lifecycle import Lifecycle, retry_refusal
 from csvcompress.jobs.output import Finisher
 from csvcompress.jobs.processor import Processor
@@ -309,12 +309,14 @@ class InProcessDispatcher:
             try:
                 result = await self._processor.process(job, slot)
                 if result.error:
-                    # The reason goes as a field (JSON logs show it), not in the message: a
-                    # reason shared by every image of a request is logged once, where it arises.
+                    # The reason is in the line a person reads, and a field for JSON logs;
+                    # a rejection by the storage, shared by every image, was logged once.
+                    shared = result.error_code == StorageRejected.code
                     log.info(
-                        "image %s failed (%s)",
+                        "image %s failed (%s)%s",
                         job.url,
                         result.error_code,
+                        "" if shared else f": {result.error}",
                         extra={"error": result.error},
                     )
                 images = await self._recorder.record(job, result)

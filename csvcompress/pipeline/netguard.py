@@ -41,6 +41,12 @@ log = logging.getLogger(__name__)
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+# Said with every refused address: a first try on a local folder of images (URLs on
+# 127.0.0.1) is refused, and the reason itself must say how to allow it.
+ALLOW_HINT = (
+    "private and loopback addresses are refused; allow a network with [fetch] allowed_networks"
+)
+
 # IPv4 ranges that are not globally reachable unicast (IANA special-purpose
 # registry, plus multicast and the reserved class E). Spelled out rather than
 # taken from `ipaddress.is_global`, whose answer has changed between Python
@@ -152,16 +158,16 @@ class NetGuard:
             return
         if isinstance(addr, ipaddress.IPv4Address):
             if _is_forbidden_v4(addr):
-                raise AddressNotAllowed(f"address not allowed: {addr}")
+                raise _refused(str(addr))
             return
         carried = embedded_ipv4(addr)
         if carried is None:
             if _is_forbidden_v6(addr):
-                raise AddressNotAllowed(f"address not allowed: {addr}")
+                raise _refused(str(addr))
             return
         for v4 in carried:
             if not self._is_exempt(v4) and _is_forbidden_v4(v4):
-                raise AddressNotAllowed(f"address not allowed: {addr} (carries {v4})")
+                raise _refused(f"{addr}, which carries {v4}")
 
     def check_host(self, host: str | None) -> None:
         """Raise AddressNotAllowed if fetch.allowed_hosts is set and `host` is not on it.
@@ -194,6 +200,11 @@ class NetGuard:
 
     def _is_exempt(self, addr: IPAddress) -> bool:
         return any(addr.version == net.version and addr in net for net in self._exempt)
+
+
+def _refused(address: str) -> AddressNotAllowed:
+    """The refusal of a forbidden address, naming the setting that would allow it."""
+    return AddressNotAllowed(f"address not allowed: {address} ({ALLOW_HINT})")
 
 
 def _parse_address(ip: str | IPAddress) -> IPAddress:

@@ -1,21 +1,28 @@
 // The page of one request: live progress from GET /status every second, then the result,
-// the download and the table of images.
+// the download, the table of images, and the buttons that act on it (cancel, retry, delete,
+// send the webhook again). After the request ends, the page keeps checking (less often)
+// until its webhook is delivered or given up.
 import {
   api, apiKey, authHeaders, badge, formatBytes, formatDuration, formatRate, formatWhen, h,
   isFinished, plural, setupKeyControl,
 } from "./common.js";
 
 const POLL_MS = 1000;
+const WEBHOOK_POLL_MS = 5000;
 const MAX_RETRY_MS = 5000;
 const RATE_WINDOW_MS = 15000;
 const IMAGES_PAGE = 100;
+// A webhook delivery in these states will not change any more.
+const WEBHOOK_SETTLED = ["delivered", "failed"];
 
 const requestId = decodeURIComponent(window.location.pathname.split("/").filter(Boolean)[1] || "");
 const $ = (id) => document.getElementById(id);
 
 let timer = null;
 let retryMs = POLL_MS;
-const samples = []; // [time in ms, images done] seen while the request runs
+let samples = []; // [time in ms, images done] seen while the request runs
+let shownEnd = null; // the finished state whose result and images are on the page
+let deleted = false;
 
 const keyControl = setupKeyControl(() => {
   $("load-error").hidden = true;
@@ -24,13 +31,14 @@ const keyControl = setupKeyControl(() => {
 
 function restart() {
   clearTimeout(timer);
-  poll();
+  if (!deleted) poll();
 }
 
 function fail(title, text) {
   $("load-error").replaceChildren(h("h2", {}, title), h("p", {}, text));
   $("load-error").hidden = false;
   $("progress-block").hidden = true;
+  $("controls").hidden = true;
   $("badge").replaceChildren(h("span", { class: "badge s-failed" }, "unavailable"));
 }
 
@@ -46,6 +54,7 @@ async function poll() {
   }
   retryMs = POLL_MS;
   const { status, body } = result;
+  if (deleted) return;
   if (status === 404) {
     fail("No such request", `There is no request with ID ${requestId}. The link may be incomplete, or the request was deleted.`);
     return;
@@ -62,10 +71,23 @@ async function poll() {
   }
   $("progress-block").hidden = false;
   render(body);
-  if (isFinished(body.status)) {
-    finish(body);
-  } else {
+  renderControls(body);
+  if (!isFinished(body.status)) {
     timer = setTimeout(poll, POLL_MS);
+    return;
+  }
+  // Once per end (a retried request ends again): the result and the images.
+  const end = `${body.status} ${body.output_csv_url} ${body.images.failed} ${body.images.succeeded}`;
+  if (end !== shownEnd) {
+    shownEnd = end;
+    finish(body);
+  }
+  // A cancelled request's output CSV comes once its images in flight have ended.
+  if (!body.output_csv_url && body.status === "cancelled") {
+    timer = setTimeout(poll, POLL_MS);
+  } else if (body.webhook && !WEBHOOK_SETTLED.includes(body.webhook.state)) {
+    // The request is over, its webhook may not be: follow it until it settles.
+    timer = setTimeout(poll, WEBHOOK_POLL_MS);
   }
 }
 
@@ -85,9 +107,6 @@ function about(seconds) {
   return seconds < 1 ? "< 1 s" : `~${formatDuration(seconds)}`;
 }
 
-function elapsedSeconds(doc) {
-  return (new Date(doc.updated_at) - new Date(doc.created_at)) / 1000;
-}
 
 function render(doc) {
   const { total, succeeded, failed, pending } = doc.images;
@@ -96,9 +115,10 @@ function render(doc) {
   const pct = total ? Math.floor((done / total) * 100) : 100;
 
   $("badge").replaceChildren(badge(doc));
+  $("title").textContent = doc.file_name || "Request";
   $("request-id").textContent = `ID ${doc.request_id}`;
   $("when").textContent = `Uploaded ${formatWhen(doc.created_at)} · ${plural(doc.rows, "row")} · ${plural(total, "image")}`;
-  document.title = `${finished ? doc.status : `${pct}%`} · Request · csvcompress`;
+  document.title = `${finished ? doc.status : `${pct}%`} · ${doc.file_name || "Request"} · csvcompress`;
 
   const bar = $("bar");
   bar.max = Math.max(total, 1);
@@ -112,12 +132,16 @@ function render(doc) {
   $("stat-failed").classList.toggle("bad", failed > 0);
 
   if (finished) {
-    const seconds = elapsedSeconds(doc);
+    // Time spent processing, measured by the server: not the wait before it, nor the
+    // time after a cancel or before a retry.
+    const seconds = doc.processing_seconds;
     $("rate-label").textContent = "Throughput";
-    $("stat-rate").textContent = formatRate(done / Math.max(seconds, 0.001));
-    $("eta-label").textContent = "Took";
-    $("stat-eta").textContent = formatDuration(seconds);
+    $("stat-rate").textContent = seconds > 0 ? formatRate(done / seconds) : "–";
+    $("eta-label").textContent = "Processing took";
+    $("stat-eta").textContent = seconds > 0 ? formatDuration(seconds) : "–";
   } else {
+    $("rate-label").textContent = "Throughput";
+    $("eta-label").textContent = "Time left";
     const rate = liveRate(done);
     $("stat-rate").textContent = rate === null ? "measuring…" : formatRate(rate);
     $("stat-eta").textContent =
@@ -148,7 +172,11 @@ function renderWebhook(hook) {
 
 function finish(doc) {
   const { total, failed } = doc.images;
-  if (doc.status === "complete" && doc.output_csv_url) {
+  const skipped = doc.images.skipped || 0;
+  $("result").hidden = true;
+  $("request-error").hidden = true;
+  // A cancelled request has an output CSV too: what was done before the cancel.
+  if (doc.output_csv_url) {
     const saved = doc.bytes.saved;
     const pct = doc.bytes.input ? Math.round((saved / doc.bytes.input) * 100) : 0;
     const link = $("download");
@@ -159,23 +187,102 @@ function finish(doc) {
       h("strong", {}, formatBytes(saved)),
       ` (${pct}%): ${formatBytes(doc.bytes.input)} → ${formatBytes(doc.bytes.output)}.`,
     ];
-    if (failed) {
+    if (doc.status === "cancelled") {
+      summary.push(
+        h("br"),
+        `Cancelled: ${plural(skipped, "image")} of ${total.toLocaleString()} skipped; the CSV has what was done before the cancel.`,
+      );
+    } else if (failed) {
       summary.push(
         h("br"),
         `${plural(failed, "image")} of ${total.toLocaleString()} failed; the reasons are below and in the CSV's Errors column.`,
       );
     }
     $("saved").replaceChildren(...summary);
-    $("result").classList.toggle("partial", failed > 0);
+    $("result").classList.toggle("partial", failed > 0 || doc.status !== "complete");
     $("result").hidden = false;
   }
-  if (doc.status !== "complete") {
-    const reason = doc.error || `The request ended as “${doc.status}”.`;
+  if (doc.status === "failed") {
+    const reason = doc.error || "The request ended as “failed”.";
     $("request-error").replaceChildren(h("h2", {}, "The request did not complete"), h("p", {}, reason));
     $("request-error").hidden = false;
   }
+  resetImages();
   if (total > 0) loadImages();
 }
+
+// --- acting on the request -------------------------------------------------------------
+
+const CONFIRM = {
+  cancel: "Cancel this request? Images not done yet are skipped; the output CSV keeps what was done.",
+  delete: "Delete this request, its output CSV and its images? This cannot be undone.",
+};
+
+function renderControls(doc) {
+  const finished = isFinished(doc.status);
+  const { failed } = doc.images;
+  const skipped = doc.images.skipped || 0;
+  $("cancel").hidden = finished;
+  $("retry").hidden = !finished || failed + skipped === 0;
+  $("retry").textContent = skipped
+    ? `Retry ${plural(failed + skipped, "image")} not done`
+    : `Retry ${plural(failed, "failed image")}`;
+  $("redeliver").hidden = !finished || !doc.webhook;
+  $("delete").hidden = !finished;
+  $("controls").hidden = false;
+}
+
+async function act(button, method, path, expected, confirmText) {
+  if (confirmText && !window.confirm(confirmText)) return null;
+  $("action-error").hidden = true;
+  button.disabled = true;
+  let result;
+  try {
+    result = await api(path, { method });
+  } catch {
+    result = { status: 0, body: null };
+  } finally {
+    button.disabled = false;
+  }
+  if (result.status === expected) return result;
+  if (result.status === 401 || result.status === 403) keyControl.ask();
+  const why = (result.body && result.body.error) || (result.status ? `HTTP ${result.status}` : "the server could not be reached");
+  $("action-error").replaceChildren(h("h2", {}, `${button.textContent} did not work`), h("p", {}, why));
+  $("action-error").hidden = false;
+  return null;
+}
+
+const base = `/requests/${encodeURIComponent(requestId)}`;
+
+$("cancel").addEventListener("click", async (event) => {
+  if (await act(event.currentTarget, "DELETE", base, 200, CONFIRM.cancel)) restart();
+});
+
+$("retry").addEventListener("click", async (event) => {
+  if (await act(event.currentTarget, "POST", `${base}/retry`, 202)) {
+    samples = [];
+    restart();
+  }
+});
+
+$("redeliver").addEventListener("click", async (event) => {
+  if (await act(event.currentTarget, "POST", `${base}/webhook/redeliver`, 202)) restart();
+});
+
+$("delete").addEventListener("click", async (event) => {
+  if (!(await act(event.currentTarget, "DELETE", base, 204, CONFIRM.delete))) return;
+  deleted = true;
+  clearTimeout(timer);
+  for (const id of ["progress-block", "result", "controls", "images-card", "webhook", "guard-hint"]) {
+    $(id).hidden = true;
+  }
+  $("badge").replaceChildren(h("span", { class: "badge" }, "deleted"));
+  $("load-error").replaceChildren(
+    h("h2", {}, "Request deleted"),
+    h("p", {}, "Its output CSV and images are gone. ", h("a", { href: "/" }, "Upload another CSV")),
+  );
+  $("load-error").hidden = false;
+});
 
 // With an API key a plain link cannot send it, so the file is fetched and handed over.
 $("download").addEventListener("click", async (event) => {
@@ -201,15 +308,15 @@ $("download").addEventListener("click", async (event) => {
 let imagesCursor = null;
 let imagesShown = 0;
 
-function thumb(src, alt) {
-  return h(
-    "a",
-    { href: src, target: "_blank", rel: "noopener noreferrer" },
-    h("img", {
-      class: "thumb", src, alt, loading: "lazy", decoding: "async",
-      width: 72, height: 72, referrerpolicy: "no-referrer",
-    }),
-  );
+// A thumbnail the service made (never the original from its origin); "no preview" when
+// it cannot be made. The link opens the full image, if the user asks for it.
+function thumb(src, href, alt) {
+  const img = h("img", {
+    class: "thumb", src, alt, loading: "lazy", decoding: "async",
+    width: 72, height: 72, referrerpolicy: "no-referrer",
+  });
+  img.addEventListener("error", () => img.replaceWith(h("span", { class: "no-thumb" }, "no preview")));
+  return h("a", { href, target: "_blank", rel: "noopener noreferrer" }, img);
 }
 
 function sizeCell(image) {
@@ -228,6 +335,7 @@ function resultCell(image) {
   if (image.status === "failed") {
     return h("span", { class: "reason", title: image.error_code || "" }, `✗ ${image.error || "failed"}`);
   }
+  if (image.status === "skipped") return h("span", { class: "muted" }, "skipped (cancelled)");
   return h("span", { class: "muted" }, "not processed");
 }
 
@@ -243,11 +351,38 @@ function imageRow(image) {
       `Row ${image.row} · #${image.position}`,
       h("a", { class: "src", href: image.url, target: "_blank", rel: "noopener noreferrer", title: image.url }, image.url),
     ),
-    h("td", { class: "c-before" }, ok ? thumb(image.url, `Before: ${label}`) : h("span", { class: "no-thumb" }, "no image")),
-    h("td", { class: "c-after" }, ok ? thumb(image.output_url, `After: ${label}`) : h("span", { class: "no-thumb" }, "–")),
+    h("td", { class: "c-before" }, ok && image.thumbnails ? thumb(image.thumbnails.before, image.url, `Before: ${label}`) : h("span", { class: "no-thumb" }, "no image")),
+    h("td", { class: "c-after" }, ok && image.thumbnails ? thumb(image.thumbnails.after, image.output_url, `After: ${label}`) : h("span", { class: "no-thumb" }, "–")),
     h("td", { class: "c-size num" }, sizeCell(image)),
     h("td", { class: "c-result" }, resultCell(image)),
   );
+}
+
+function resetImages() {
+  imagesCursor = null;
+  imagesShown = 0;
+  guardHinted = false;
+  $("image-rows").replaceChildren();
+  $("guard-hint").hidden = true;
+  $("images-card").hidden = true;
+}
+
+// Said once for the request, whichever images the guard refused: how to allow them.
+let guardHinted = false;
+
+function hintGuard(images) {
+  if (guardHinted || !images.some((image) => image.error_code === "address_not_allowed")) return;
+  guardHinted = true;
+  $("guard-hint").replaceChildren(
+    h("strong", {}, "Some images were refused for their address. "),
+    "The service does not fetch from private or loopback addresses (such as 127.0.0.1 or 192.168.x.x). " +
+      "To allow a network, list it in ",
+    h("code", {}, "[fetch] allowed_networks"),
+    " (for a local test: ",
+    h("code", {}, "CSVCOMPRESS_FETCH_ALLOWED_NETWORKS=127.0.0.0/8"),
+    "), restart the service, then retry the failed images.",
+  );
+  $("guard-hint").hidden = false;
 }
 
 async function loadImages() {
@@ -270,6 +405,7 @@ async function loadImages() {
   }
   const page = result.body;
   $("image-rows").append(...page.images.map(imageRow));
+  hintGuard(page.images);
   imagesShown += page.images.length;
   imagesCursor = page.next_cursor;
   more.hidden = !imagesCursor;

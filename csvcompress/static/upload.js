@@ -157,13 +157,20 @@ function note(text) {
   recentNote.hidden = false;
 }
 
+// A request by the name of the file uploaded (its ID for one stored before names were
+// kept), its state, and its counts.
 function recentItem(req) {
   const images = req.images;
-  const parts = [plural(images.total, "image")];
+  const done = images.succeeded + images.failed;
+  const parts = [`${done.toLocaleString()} of ${plural(images.total, "image")} done`];
   if (images.failed) parts.push(`${images.failed.toLocaleString()} failed`);
+  if (images.skipped) parts.push(`${images.skipped.toLocaleString()} skipped`);
   if (images.pending && req.status !== "failed") parts.push(`${images.pending.toLocaleString()} to go`);
   if (req.bytes.saved > 0) parts.push(`${formatBytes(req.bytes.saved)} saved`);
   parts.push(formatWhen(req.created_at));
+  const label = req.file_name
+    ? h("span", { class: "name" }, req.file_name)
+    : h("span", { class: "id" }, req.request_id);
   return h(
     "li",
     {},
@@ -171,7 +178,7 @@ function recentItem(req) {
       "a",
       { href: `/requests/${encodeURIComponent(req.request_id)}`, title: `Request ${req.request_id}` },
       badge(req),
-      h("span", { class: "id" }, req.request_id),
+      label,
       h("span", { class: "meta" }, parts.join(" · ")),
     ),
   );

@@ -83,8 +83,18 @@ class RequestWriter(AbstractContextManager["RequestWriter"], Protocol):
     def add(self, row: int, urls: Sequence[str]) -> None:
         """The URLs of one row, in order."""
 
-    def finish(self, *, input_path: str, webhook_url: str | None, rows: int) -> int:
-        """Store the request (pending) and commit; returns how many images it has."""
+    def finish(
+        self,
+        *,
+        input_path: str,
+        webhook_url: str | None,
+        rows: int,
+        file_name: str | None = None,
+    ) -> int:
+        """Store the request (pending) and commit; returns how many images it has.
+
+        `file_name`: the uploaded file's name, shown in listings.
+        """
 
 
 class Store(Protocol):
@@ -133,7 +143,8 @@ class Store(Protocol):
 
     # --- status changes: only jobs/lifecycle.py calls these ---------------------
 
-    async def start_request(self, request_id: str, move: RequestMove) -> bool: ...
+    async def start_request(self, request_id: str, move: RequestMove) -> bool:
+        """Apply `move`; its processing clock starts (RequestRecord.processing_since)."""
 
     async def finish_request(
         self,
@@ -142,12 +153,16 @@ class Store(Protocol):
         *,
         output_file_path: str | None,
         error: str | None,
-    ) -> bool: ...
+    ) -> bool:
+        """Apply `move` and set the output; a running processing clock stops (adds up)."""
 
     async def cancel_request(
         self, request_id: str, move: RequestMove, images: ImageMove, *, reason: str, code: str
     ) -> bool:
-        """Apply `move` to the request and `images` to its images; False if `move` did not apply."""
+        """Apply `move` to the request and `images` to its images; False if `move` did not apply.
+
+        The processing clock stops: time after a cancel is not processing time.
+        """
 
     async def retry_request(
         self, request_id: str, move: RequestMove, images: ImageMove

@@ -140,12 +140,18 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE requests RENAME COLUMN webhookUrl TO webhook_url;
     ALTER TABLE requests RENAME COLUMN outputFilePath TO output_file_path;
     """,
+    # 4: the request page names the uploaded file, and measures processing time.
+    """
+    ALTER TABLE requests ADD COLUMN file_name TEXT;
+    ALTER TABLE requests ADD COLUMN processing_seconds REAL NOT NULL DEFAULT 0;
+    ALTER TABLE requests ADD COLUMN processing_since REAL;
+    """,
 )
 
 # Named as the records' fields, so rows become records by name (see _record).
 _REQUEST_COLUMNS = (
     "request_id AS id, status, webhook_url, output_file_path, error, rows, created_at, "
-    "updated_at, bytes_in, bytes_out"
+    "updated_at, bytes_in, bytes_out, file_name, processing_seconds, processing_since"
 )
 _COUNT_COLUMNS = (
     "images_total AS total, images_succeeded AS succeeded, images_failed AS failed, "
@@ -195,6 +201,16 @@ async def _apply(
         (*case_params, *(sets or {}).values(), now_iso(), request_id, *source_params),
     )
     return int(cur.rowcount)
+
+
+async def _stop_processing_clock(conn: aiosqlite.Connection, request_id: str) -> None:
+    """Add the time since processing (re)started to the request's processing time."""
+    await conn.execute(
+        "UPDATE requests SET processing_seconds = processing_seconds + max(0, ? - "
+        "processing_since), processing_since = NULL "
+        "WHERE request_id = ? AND processing_since IS NOT NULL",
+        (time.time(), request_id),
+    )
 
 
 def _configure(conn: sqlite3.Connection) -> None:
@@ -433,7 +449,13 @@ class SqliteStore:
 
     async def start_request(self, request_id: str, move: RequestMove) -> bool:
         async with self._transaction() as conn:
-            return await _apply(conn, "requests", request_id, move) > 0
+            if not await _apply(conn, "requests", request_id, move):
+                return False
+            await conn.execute(
+                "UPDATE requests SET processing_since = ? WHERE request_id = ?",
+                (time.time(), request_id),
+            )
+            return True
 
     async def finish_request(
         self,
@@ -445,7 +467,10 @@ class SqliteStore:
     ) -> bool:
         async with self._transaction() as conn:
             sets = {"output_file_path": output_file_path, "error": error}
-            return await _apply(conn, "requests", request_id, move, sets) > 0
+            if not await _apply(conn, "requests", request_id, move, sets):
+                return False
+            await _stop_processing_clock(conn, request_id)
+            return True
 
     async def cancel_request(
         self, request_id: str, move: RequestMove, images: ImageMove, *, reason: str, code: str
@@ -453,6 +478,7 @@ class SqliteStore:
         async with self._transaction() as conn:
             if not await _apply(conn, "requests", request_id, move):
                 return False
+            await _stop_processing_clock(conn, request_id)
             sets = {"error": reason, "error_code": code}
             skipped = await _apply(conn, "images", request_id, images, sets)
             await conn.execute(
@@ -771,7 +797,14 @@ class RequestInserter:
         if len(self._chunk) >= INSERT_CHUNK:
             self._flush()
 
-    def finish(self, *, input_path: str, webhook_url: str | None, rows: int) -> int:
+    def finish(
+        self,
+        *,
+        input_path: str,
+        webhook_url: str | None,
+        rows: int,
+        file_name: str | None = None,
+    ) -> int:
         """Link the repeats, store the request, commit; returns the image count."""
         conn = self._connection()
         self._flush()
@@ -779,7 +812,7 @@ class RequestInserter:
         stamp = now_iso()
         conn.execute(
             "INSERT INTO requests (request_id, status, webhook_url, input_path, rows, "
-            "images_total, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "images_total, created_at, updated_at, file_name) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 self._request_id,
                 RequestStatus.PENDING,  # lifecycle.INITIAL
@@ -789,6 +822,7 @@ class RequestInserter:
                 self.images,
                 stamp,
                 stamp,
+                file_name,
             ),
         )
         conn.execute("COMMIT")

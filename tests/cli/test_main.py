@@ -301,3 +301,88 @@ def _drain(fd: int) -> str:
         chunks.append(chunk)
     os.close(fd)
     return b"".join(chunks).decode("utf-8", "replace")
+
+
+async def command(*args: str, cwd: Path) -> tuple[int, str, str]:
+    """`python -m csvcompress ARGS` as a user runs it: exit code, stdout, stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "csvcompress",
+        *args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=cwd,
+    )
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode is not None
+    return proc.returncode, stdout.decode(), stderr.decode()
+
+
+async def test_server_given_as_host_and_port_means_http(
+    create_service: ServiceFactory, origin: Origin, tmp_path: Path
+) -> None:
+    service = await create_service()
+    source = write_csv(tmp_path, [["1", "Shirt", origin.add("a.jpg", images.photo_jpeg(40, 30))]])
+    host_port = service.url.removeprefix("http://")
+
+    code, out, err = await command(
+        "submit", str(source), "--server", host_port, "--wait", "--interval", "0.1", cwd=tmp_path
+    )
+
+    assert code == 0, err
+    request_id = out.strip()
+    assert (tmp_path / f"{request_id}.csv").is_file()
+    code, out, err = await command("status", request_id, "--server", host_port, cwd=tmp_path)
+    assert code == 0, err
+    assert "status   complete" in out
+
+
+@pytest.mark.parametrize("server", ["ftp://127.0.0.1:8080", "http://", "http://127.0.0.1:port"])
+async def test_a_server_that_is_not_http_is_one_line_and_exit_2(
+    tmp_path: Path, server: str
+) -> None:
+    source = write_csv(tmp_path, [["1", "Shirt", "http://example.com/a.jpg"]])
+    for args in (["submit", str(source)], ["status", "0" * 32]):
+        code, out, err = await command(*args, "--server", server, cwd=tmp_path)
+        assert (code, out) == (2, "")
+        assert err == (
+            "csvcompress: --server must be an http(s) URL such as http://127.0.0.1:8080,"
+            f" not {server!r}\n"
+        )
+
+
+async def test_an_output_path_that_cannot_be_written_is_refused_before_uploading(
+    create_service: ServiceFactory, tmp_path: Path
+) -> None:
+    service = await create_service()
+    source = write_csv(tmp_path, [["1", "Shirt", "http://example.com/a.jpg"]])
+    missing = tmp_path / "missing" / "dir" / "x.csv"
+
+    code, out, err = await command(
+        "submit",
+        str(source),
+        "--server",
+        service.url,
+        "--wait",
+        "--output",
+        str(missing),
+        cwd=tmp_path,
+    )
+
+    assert (code, out) == (2, "")
+    assert (
+        err == f"csvcompress: cannot save the output CSV to {missing}: no folder {missing.parent}\n"
+    )
+    # Nothing was uploaded: the job did not run for nothing.
+    async with service.client.get(f"{service.url}/requests") as resp:
+        assert (await resp.json())["requests"] == []
+
+
+async def test_the_help_lists_the_exit_codes(tmp_path: Path) -> None:
+    for name in ("submit", "status"):
+        code, out, _ = await command(name, "--help", cwd=tmp_path)
+        assert code == 0
+        assert "Exit status: 0" in " ".join(out.split())
+    code, out, _ = await command("submit", "--help", cwd=tmp_path)
+    assert "complete with failed images" in " ".join(out.split())

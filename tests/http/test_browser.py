@@ -20,7 +20,7 @@ import pytest
 
 from tests import images
 from tests.conftest import ServiceFactory, csv_bytes
-from tests.servers import Origin
+from tests.servers import Origin, Receiver
 
 CHROMIUM = Path("/usr/bin/chromium")
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -63,6 +63,27 @@ class Console:
         self.errors: list[str] = []
         page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
+
+
+class Requests:
+    """Every URL a page asked for."""
+
+    def __init__(self, page: Any) -> None:
+        self.urls: list[str] = []
+        page.on("request", lambda r: self.urls.append(r.url))
+
+
+async def _thumbnail_sizes(page: Any) -> list[tuple[int, int]]:
+    """The pixel size of every thumbnail on the page, each loaded first."""
+    sizes = await page.evaluate(
+        """() => Promise.all([...document.querySelectorAll("img.thumb")].map((img) => {
+             img.loading = "eager";
+             const size = () => [img.naturalWidth, img.naturalHeight];
+             if (img.complete) return size();
+             return new Promise((done) => { img.onload = img.onerror = () => done(size()); });
+           }))"""
+    )
+    return [tuple(size) for size in sizes]
 
 
 async def _screenshot(page: Any, path: Path) -> None:
@@ -116,6 +137,7 @@ async def test_upload_progress_result_and_download(
     big.write_bytes(csv_bytes([[str(n), "x" * 200, urls[0]] for n in range(200)]))
     page = await browser.new_page(viewport=DESKTOP)
     console = Console(page)
+    asked = Requests(page)
 
     # Over the size limit: said plainly, with the file's size.
     await page.goto(f"{service.url}/")
@@ -158,11 +180,15 @@ async def test_upload_progress_result_and_download(
     await rows.nth(IMAGES).wait_for()
     assert await rows.count() == IMAGES + 1
     first = rows.nth(0)
-    assert await first.locator(".c-before img").get_attribute("src") == urls[0]
-    assert await first.locator(".c-after img").get_attribute("src") == (
-        f"{service.url}/files/{request_id}/1-1.jpg"
-    )
+    # Small previews made by the service, never the originals from their origin.
+    thumbnails = f"{service.url}/thumbnails/{request_id}/"
+    before = await first.locator(".c-before img").get_attribute("src")
+    after = await first.locator(".c-after img").get_attribute("src")
+    assert before.startswith(thumbnails) and before.endswith("-before.webp")
+    assert after.startswith(thumbnails) and after.endswith("-after.webp")
+    assert await first.locator(".c-before a").get_attribute("href") == urls[0]
     assert await first.locator(".c-before img").get_attribute("loading") == "lazy"
+    assert await _thumbnail_sizes(page) == [(144, 108)] * (2 * IMAGES)
     assert await first.locator(".c-result").inner_text() == "✓ compressed"
     failed = rows.nth(IMAGES)
     assert missing in await failed.locator(".c-row").inner_text()
@@ -180,11 +206,16 @@ async def test_upload_progress_result_and_download(
     assert out[3]["Output Image Urls"] == f"{files}/4-1.jpg, {files}/4-2.jpg, "
     assert out[3]["Errors"] == "#3: HTTP 404 from origin"
 
-    # The home page lists it; a refused CSV, dropped on the page, shows every problem.
+    # The home page lists it by the file's name, with its state and counts.
     await page.goto(f"{service.url}/")
     item = page.locator("#recent li").first
     await item.wait_for()
-    assert request_id in await item.inner_text()
+    assert await item.locator(".name").inner_text() == "products.csv"
+    assert await item.locator(".badge").inner_text() == "complete · some failed"
+    assert (await item.locator(".meta").inner_text()).startswith(
+        f"{IMAGES + 1} of {IMAGES + 1} images done · 1 failed · "
+    )
+    # A refused CSV, dropped on the page, shows every problem.
     broken = "S. No.,Product Name,Input Image Urls\n1,A,\n2,B,ftp://x/y.jpg\n"
     await _drop(page, "broken.csv", broken)
     assert await page.inner_text("#file-name") == f"broken.csv · {len(broken)} bytes"
@@ -197,6 +228,8 @@ async def test_upload_progress_result_and_download(
     ]
     await _screenshot(page, shots / "screenshot-desktop.png")
 
+    # The browser never asked an image's origin for anything.
+    assert [url for url in asked.urls if url.startswith(origin.url)] == []
     # Only the two refused uploads' answers were reported, as Chromium reports any 4xx.
     refused = "Failed to load resource: the server responded with a status of"
     assert console.errors == [
@@ -252,3 +285,104 @@ async def test_an_unknown_request_page_says_so(
     await alert.wait_for(state="visible")
     assert await alert.locator("h2").inner_text() == "No such request"
     assert await page.is_hidden("#progress-block")
+
+
+async def test_cancel_download_retry_and_delete_from_the_page(
+    create_service: ServiceFactory, origin: Origin, browser: Any, receiver: Receiver
+) -> None:
+    service = await create_service(fetch={"concurrency": 1}, workers={"threads": 1})
+    fast = origin.add("fast.jpg", images.photo_jpeg(240, 180))
+    held = [
+        origin.add(f"held/{n}.jpg", images.photo_jpeg(240, 180, seed=n), held=True)
+        for n in range(3)
+    ]
+    rows = [["1", "Fast", fast], ["2", "Held", ", ".join(held)]]
+    request_id = await service.submit(csv_bytes(rows), webhook_url=receiver.url)
+    await service.wait_until(request_id, lambda d: d["images"]["succeeded"] == 1, "the fast image")
+    page = await browser.new_page(viewport=DESKTOP)
+    console = Console(page)
+    dialogs: list[str] = []
+
+    async def accept(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        await dialog.accept()
+
+    page.on("dialog", accept)
+    await page.goto(f"{service.url}/requests/{request_id}")
+    await page.wait_for_selector("#cancel:not([hidden])")
+    assert await page.is_hidden("#delete") and await page.is_hidden("#retry")
+
+    # Cancel, confirmed: the images in flight end, and the output CSV is offered.
+    try:
+        await page.click("#cancel")
+        await page.wait_for_selector("#badge >> text=cancelled")
+    finally:
+        origin.release()
+    assert dialogs[0].startswith("Cancel this request?")
+    await page.wait_for_selector("#result:not([hidden])", timeout=20_000)
+    assert "Cancelled: 3 images of 4 skipped" in await page.inner_text("#saved")
+    async with page.expect_download() as info:
+        await page.click("#download")
+    out = list(
+        csv.DictReader(io.StringIO(Path(await (await info.value).path()).read_text("utf-8")))
+    )
+    assert out[0]["Output Image Urls"] == f"{service.url}/files/{request_id}/1-1.jpg"
+    assert out[1]["Errors"].startswith("#1: skipped: the request was cancelled")
+    # The webhook line follows the delivery after the request ended.
+    await page.wait_for_selector("#webhook >> text=was delivered", timeout=20_000)
+
+    # Retry the skipped images: the request runs again and completes.
+    assert await page.inner_text("#retry") == "Retry 3 images not done"
+    await page.click("#retry")
+    await page.wait_for_selector("#badge >> text=complete", timeout=20_000)
+    await page.wait_for_selector("#stat-done >> text=4 / 4")
+    assert await page.is_hidden("#retry")
+    await page.locator("#image-rows tr").nth(3).wait_for()
+    assert await page.locator("#image-rows .c-result").all_inner_texts() == ["✓ compressed"] * 4
+
+    # Send the webhook again, then delete, confirmed: the request is gone.
+    await page.click("#redeliver")
+    await receiver.wait_for(3)  # cancelled, completed, and the completed one again
+    await page.click("#delete")
+    await page.wait_for_selector("#load-error >> text=Request deleted")
+    assert dialogs[1].startswith("Delete this request")
+    async with service.client.get(f"{service.url}/status/{request_id}") as resp:
+        assert resp.status == 404
+    assert console.errors == []
+
+
+async def test_a_finished_100_image_page_is_light_and_never_asks_the_origins(
+    create_service: ServiceFactory, origin: Origin, browser: Any
+) -> None:
+    service = await create_service()
+    photos = [images.photo_jpeg(1600, 1200, seed=n) for n in range(10)]
+    # 99 images, and one at an address the guard refuses: 100.
+    urls = [origin.add(f"p/{n}.jpg", photos[n % len(photos)]) for n in range(99)]
+    urls.append("http://10.0.0.5/a.jpg")
+    rows = [[str(r + 1), f"P{r}", ", ".join(urls[10 * r : 10 * r + 10])] for r in range(10)]
+    request_id = await service.submit(csv_bytes(rows))
+    await service.wait(request_id)
+    originals = sum(len(photos[n % len(photos)]) for n in range(99))
+
+    page = await browser.new_page(viewport=DESKTOP)
+    asked = Requests(page)
+    cdp = await page.context.new_cdp_session(page)
+    await cdp.send("Network.enable")
+    received: list[int] = []
+    cdp.on("Network.loadingFinished", lambda event: received.append(event["encodedDataLength"]))
+    await page.goto(f"{service.url}/requests/{request_id}")
+    await page.locator("#image-rows tr").nth(99).wait_for()
+    # Every thumbnail loaded (scrolled through, as a user reading the whole page).
+    sizes = await _thumbnail_sizes(page)
+    assert len(sizes) == 2 * 99 and all(max(size) == 144 for size in sizes)
+    await page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+    await page.wait_for_function("() => [...document.images].every((img) => img.complete)")
+
+    transferred = sum(received)
+    assert transferred < 3_000_000, f"{transferred} bytes; the originals are {originals}"
+    assert [url for url in asked.urls if url.startswith(origin.url)] == []
+    # The guard's refusal is explained once, naming the setting.
+    hint = page.locator("#guard-hint")
+    assert await hint.is_visible()
+    assert "[fetch] allowed_networks" in await hint.inner_text()
+    assert await page.locator("text=Some images were refused for their address").count() == 1

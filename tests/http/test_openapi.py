@@ -170,8 +170,12 @@ async def test_live_responses_match_the_document(
         f"/files/{finished}/1-1.jpg",
         f"/files/{finished}/9-9.jpg",
         "/openapi.json",
+        f"/thumbnails/{finished}/999999-before.webp",
     ):
         await checker.call("GET", path)
+    listing = await service.client.get(f"{service.url}/requests/{finished}/images")
+    thumbnail = (await listing.json())["images"][0]["thumbnails"]["after"]
+    assert (await checker.call("GET", thumbnail.removeprefix(service.url)))[0] == 200
     redeliver = "/requests/{}/webhook/redeliver"
     assert (await checker.call("POST", redeliver.format(finished)))[0] == 202
     assert (await checker.call("POST", redeliver.format("nope")))[0] == 404

@@ -258,6 +258,7 @@ async def test_images_come_in_input_order_with_results(
         "bytes": {"input": 0, "output": 0},
         "error": "HTTP 404 from origin",
         "error_code": "fetch",
+        "thumbnails": None,
     }
     # A repeated URL shows its first occurrence's result.
     assert got[3]["output_url"] == got[0]["output_url"]
@@ -298,6 +299,8 @@ async def test_cancel_skips_pending_images_writes_the_csv_and_sends_the_webhook(
         status, doc = await _delete(service, request_id)
         assert status == 200
         assert doc["status"] == "cancelled"
+        stopped_at = doc["processing_seconds"]
+        assert stopped_at > 0
         # The images in flight are skipped too: their results will be dropped.
         assert doc["images"] == {
             "total": 8,
@@ -314,6 +317,8 @@ async def test_cancel_skips_pending_images_writes_the_csv_and_sends_the_webhook(
     )
     assert doc["status"] == "cancelled"
     assert doc["images"]["skipped"] == 6
+    # The clock stopped at the cancel: finishing the images in flight is not processing.
+    assert doc["processing_seconds"] == stopped_at
     out = await service.output_rows(doc)
     assert out[0]["Output Image Urls"].count("/files/") == 2
     assert out[0]["Errors"] == ""
@@ -443,3 +448,25 @@ async def test_retry_is_refused_when_there_is_nothing_to_retry(
         {"error": f"request {running} has no failed images to retry"},
     )
     assert await _retry(service, "0" * 32) == (404, {"error": f"no request with id {'0' * 32}"})
+
+
+async def test_the_uploaded_file_name_is_kept_and_listed(
+    create_service: ServiceFactory, origin: Origin
+) -> None:
+    service = await create_service()
+    url = origin.add("a.jpg", images.photo_jpeg(40, 30))
+    names = {"spring products.csv": "spring products.csv", "C:\\Users\\me\\hats.csv": "hats.csv"}
+    ids = {}
+    for sent in names:
+        resp = await service.upload(csv_bytes([["1", "A", url]]), filename=sent)
+        assert resp.status == 202
+        ids[sent] = (await resp.json())["request_id"]
+    for sent, kept in names.items():
+        doc = await service.wait(ids[sent])
+        assert doc["file_name"] == kept
+        # Measured while it processed: more than nothing, and it stays put once finished.
+        assert doc["processing_seconds"] > 0
+        assert (await service.status(ids[sent]))["processing_seconds"] == doc["processing_seconds"]
+    status, listing = await _get(service, "/requests")
+    assert status == 200
+    assert [r["file_name"] for r in listing["requests"]] == ["hats.csv", "spring products.csv"]

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests import images
-from tests.conftest import Service, ServiceFactory, csv_bytes
+from tests.conftest import Service, ServiceFactory, csv_bytes, refused
 from tests.servers import Origin, Receiver
 
 BOUNDARY = "csvcompress-test-boundary"
@@ -107,35 +107,35 @@ async def test_bad_webhook_url_is_refused(create_service: ServiceFactory, origin
 # --- the webhook URL is checked at upload --------------------------------------------------
 
 REFUSED_WEBHOOKS = [
-    ("http://10.0.0.5/hook", "address not allowed: 10.0.0.5"),
-    ("https://169.254.169.254/latest/meta-data", "address not allowed: 169.254.169.254"),
-    ("http://192.168.1.10:8080/hook", "address not allowed: 192.168.1.10"),
-    ("http://100.64.0.1/hook", "address not allowed: 100.64.0.1"),
-    ("http://127.0.0.1:9/hook", "address not allowed: 127.0.0.1"),
-    ("http://0.0.0.0/hook", "address not allowed: 0.0.0.0"),
-    ("http://localhost/hook", "address not allowed: 127.0.0.1"),
-    ("http://LOCALHOST:8080/hook", "address not allowed: 127.0.0.1"),
-    ("http://2130706433/hook", "address not allowed: 127.0.0.1"),
-    ("http://0177.0.0.1/hook", "address not allowed: 127.0.0.1"),
-    ("http://0x7f.1/hook", "address not allowed: 127.0.0.1"),
-    ("http://167772165/hook", "address not allowed: 10.0.0.5"),
+    ("http://10.0.0.5/hook", refused("10.0.0.5")),
+    ("https://169.254.169.254/latest/meta-data", refused("169.254.169.254")),
+    ("http://192.168.1.10:8080/hook", refused("192.168.1.10")),
+    ("http://100.64.0.1/hook", refused("100.64.0.1")),
+    ("http://127.0.0.1:9/hook", refused("127.0.0.1")),
+    ("http://0.0.0.0/hook", refused("0.0.0.0")),
+    ("http://localhost/hook", refused("127.0.0.1")),
+    ("http://LOCALHOST:8080/hook", refused("127.0.0.1")),
+    ("http://2130706433/hook", refused("127.0.0.1")),
+    ("http://0177.0.0.1/hook", refused("127.0.0.1")),
+    ("http://0x7f.1/hook", refused("127.0.0.1")),
+    ("http://167772165/hook", refused("10.0.0.5")),
     (
         "http://0x08.0x08.0x08.0x08/hook",
         "address not allowed: 0x08.0x08.0x08.0x08 (an unusual spelling of 8.8.8.8)",
     ),
-    ("http://[::1]/hook", "address not allowed: ::1"),
-    ("http://[::]/hook", "address not allowed: ::"),
-    ("http://[fe80::1%25eth0]/hook", "address not allowed: fe80::1"),
-    ("http://[fd00::1]/hook", "address not allowed: fd00::1"),
+    ("http://[::1]/hook", refused("::1")),
+    ("http://[::]/hook", refused("::")),
+    ("http://[fe80::1%25eth0]/hook", refused("fe80::1")),
+    ("http://[fd00::1]/hook", refused("fd00::1")),
     (
         "http://[::ffff:10.0.0.5]/hook",
-        f"address not allowed: {_mapped('10.0.0.5')} (carries 10.0.0.5)",
+        refused(f"{_mapped('10.0.0.5')}, which carries 10.0.0.5"),
     ),
     (
         "http://[64:ff9b::a9fe:a9fe]/hook",
-        "address not allowed: 64:ff9b::a9fe:a9fe (carries 169.254.169.254)",
+        refused("64:ff9b::a9fe:a9fe, which carries 169.254.169.254"),
     ),
-    ("http://[2002:a00:5::]/hook", "address not allowed: 2002:a00:5:: (carries 10.0.0.5)"),
+    ("http://[2002:a00:5::]/hook", refused("2002:a00:5::, which carries 10.0.0.5")),
     ("http://nothing.invalid/hook", "cannot resolve nothing.invalid"),
 ]
 
@@ -162,9 +162,7 @@ async def test_webhook_url_in_the_query_is_checked_too(create_service: ServiceFa
         f"{service.url}/upload", params={"webhook_url": "http://10.1.2.3/"}, data=form
     ) as resp:
         assert resp.status == 400
-        assert await resp.json() == {
-            "error": "webhook_url not allowed: address not allowed: 10.1.2.3"
-        }
+        assert await resp.json() == {"error": f"webhook_url not allowed: {refused('10.1.2.3')}"}
 
 
 async def test_allowed_networks_exempt_a_webhook_url_which_is_then_delivered(

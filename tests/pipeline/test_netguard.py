@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import ipaddress
+import re
 import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 
@@ -32,7 +33,7 @@ from csvcompress.pipeline.netguard import (
     guarded_socket_factory,
     legacy_ipv4,
 )
-from tests.conftest import MakeListener
+from tests.conftest import MakeListener, refused
 from tests.servers import Origin
 
 DEFAULT_GUARD = NetGuard(FetchSettings())
@@ -134,13 +135,13 @@ def test_check_address_allows_public(ip: str) -> None:
 def test_check_address_messages() -> None:
     with pytest.raises(AddressNotAllowed) as info:
         DEFAULT_GUARD.check_address("10.0.0.5")
-    assert info.value.message == "address not allowed: 10.0.0.5"
+    assert info.value.message == refused("10.0.0.5")
     with pytest.raises(AddressNotAllowed) as info:
         DEFAULT_GUARD.check_address("::ffff:127.0.0.1")
-    assert info.value.message == "address not allowed: ::ffff:7f00:1 (carries 127.0.0.1)"
+    assert info.value.message == refused("::ffff:7f00:1, which carries 127.0.0.1")
     with pytest.raises(AddressNotAllowed) as info:
         DEFAULT_GUARD.check_address(ipaddress.ip_address("::1"))
-    assert info.value.message == "address not allowed: ::1"
+    assert info.value.message == refused("::1")
     with pytest.raises(AddressNotAllowed) as info:
         DEFAULT_GUARD.check_address("example.com")
     assert info.value.message == "address not allowed: 'example.com' is not an IP address"
@@ -173,7 +174,7 @@ def test_allowed_networks_exempt_addresses() -> None:
 def test_allowed_networks_exemption_is_exact() -> None:
     guard = NetGuard(FetchSettings(allowed_networks=("127.0.0.1/32",)))
     guard.check_address("127.0.0.1")
-    with pytest.raises(AddressNotAllowed, match=r"^address not allowed: 127\.0\.0\.2$"):
+    with pytest.raises(AddressNotAllowed, match=re.escape(refused("127.0.0.2"))):
         guard.check_address("127.0.0.2")
 
 
@@ -319,7 +320,7 @@ def test_ordinary_hosts_are_not_legacy(host: str) -> None:
 def test_legacy_spelling_message_names_the_address() -> None:
     with pytest.raises(AddressNotAllowed) as info:
         DEFAULT_GUARD.check_host_spelling("0x7f.1")
-    assert info.value.message == "address not allowed: 127.0.0.1"
+    assert info.value.message == refused("127.0.0.1")
     with pytest.raises(AddressNotAllowed) as info:
         DEFAULT_GUARD.check_host_spelling("1572395042")
     assert info.value.message == (
@@ -384,7 +385,7 @@ async def test_ipv6_loopback_is_refused_before_connecting(
 ) -> None:
     listener = await make_listener("::1")
     session = make_session()
-    with pytest.raises(AddressNotAllowed, match=r"^address not allowed: ::1$"):
+    with pytest.raises(AddressNotAllowed, match=re.escape(refused("::1"))):
         await session.get(f"http://{host}:{listener.port}/")
     assert listener.connections == 0
 
@@ -443,7 +444,7 @@ async def test_name_with_any_forbidden_address_is_refused(make_listener: MakeLis
     guard = NetGuard(FetchSettings(allowed_networks=("127.0.0.1/32",)))
     resolver = FakeResolver(["127.0.0.1", "127.0.0.2"])
     async with aiohttp.ClientSession(connector=GuardedConnector(guard, resolver=resolver)) as s:
-        with pytest.raises(AddressNotAllowed, match=r"^address not allowed: 127\.0\.0\.2$"):
+        with pytest.raises(AddressNotAllowed, match=re.escape(refused("127.0.0.2"))):
             await s.get(f"http://images.test:{listener.port}/")
     assert listener.connections == 0
 
@@ -457,7 +458,7 @@ async def test_dns_rebinding_is_refused(make_listener: MakeListener) -> None:
     async with aiohttp.ClientSession(connector=connector) as session:
         async with session.get(f"http://rebind.test:{listener.port}/") as resp:
             assert await resp.text() == "ok"
-        with pytest.raises(AddressNotAllowed, match=r"^address not allowed: 127\.0\.0\.2$"):
+        with pytest.raises(AddressNotAllowed, match=re.escape(refused("127.0.0.2"))):
             await session.get(f"http://rebind.test:{listener.port}/")
     assert resolver.lookups == 2
     assert listener.connections == 1
@@ -506,7 +507,7 @@ async def test_pin_socket_factory_refuses_with_a_plain_connector(
         with pytest.raises(aiohttp.ClientConnectorError) as info:
             await session.get(f"http://127.0.0.1:{listener.port}/")
     assert isinstance(info.value.os_error, AddressRefusedError)
-    assert info.value.os_error.refusal.message == "address not allowed: 127.0.0.1"
+    assert info.value.os_error.refusal.message == refused("127.0.0.1")
     assert listener.connections == 0
 
 
@@ -591,14 +592,14 @@ async def test_user_agent_is_sent(origin: Origin) -> None:
 @pytest.mark.parametrize(
     ("host", "message"),
     [
-        ("10.0.0.5", "address not allowed: 10.0.0.5"),
+        ("10.0.0.5", refused("10.0.0.5")),
         (
             "::ffff:a00:5",
-            f"address not allowed: {ipaddress.ip_address('::ffff:a00:5')} (carries 10.0.0.5)",
+            refused(f"{ipaddress.ip_address('::ffff:a00:5')}, which carries 10.0.0.5"),
         ),
-        ("fe80::1%25eth0", "address not allowed: fe80::1"),
-        ("localhost", "address not allowed: 127.0.0.1"),
-        ("0x7f.1", "address not allowed: 127.0.0.1"),
+        ("fe80::1%25eth0", refused("fe80::1")),
+        ("localhost", refused("127.0.0.1")),
+        ("0x7f.1", refused("127.0.0.1")),
         (
             "0x8.0x8.0x8.0x8",
             "address not allowed: 0x8.0x8.0x8.0x8 (an unusual spelling of 8.8.8.8)",

@@ -59,8 +59,11 @@ def _old_database(data_dir: Path, origin: Origin, version: int) -> dict[str, byt
     conn.execute("PRAGMA journal_mode = WAL")
     scripts = "\n".join(db.MIGRATIONS[:version])
     conn.executescript(f"BEGIN;\n{scripts}\nPRAGMA user_version = {version};\nCOMMIT;")
+    # Version 3 renamed three columns.
+    names = ("request_id, status, webhook_url, output_file_path" if version >= 3
+             else "requestId, status, webhookUrl, outputFilePath")  # fmt: skip
     insert_request = (
-        "INSERT INTO requests (requestId, status, webhookUrl, outputFilePath, input_path, rows, "
+        f"INSERT INTO requests ({names}, input_path, rows, "
         "images_total, images_succeeded, images_failed, bytes_in, bytes_out, created_at, "
         "updated_at) VALUES (?, ?, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     )
@@ -95,8 +98,9 @@ def _old_database(data_dir: Path, origin: Origin, version: int) -> dict[str, byt
     return {"stored": stored, "output": output}
 
 
-# 1: the first release; 2: the schema before column names were made consistent.
-@pytest.mark.parametrize("version", [1, 2])
+# 1: the first release; 2: the schema before column names were made consistent;
+# 3: before the uploaded file name and the processing time were kept.
+@pytest.mark.parametrize("version", [1, 2, 3])
 async def test_an_old_database_is_migrated_with_its_requests_intact(
     tmp_path: Path, create_service: ServiceFactory, origin: Origin, version: int
 ) -> None:
@@ -111,12 +115,14 @@ async def test_an_old_database_is_migrated_with_its_requests_intact(
         indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
         columns = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
     assert "requests_by_status_updated" in indexes
-    assert {"request_id", "webhook_url", "output_file_path"} <= columns
+    assert {"request_id", "webhook_url", "output_file_path", "file_name"} <= columns
     assert not {"requestId", "webhookUrl", "outputFilePath"} & columns
     # The finished request reads as before, output CSV and image included.
     doc = await service.status(DONE)
     assert doc["status"] == "complete"
     assert doc["created_at"] == CREATED and doc["updated_at"] == FINISHED
+    # Not known for a request stored before they were kept.
+    assert doc["file_name"] is None and doc["processing_seconds"] == 0
     assert doc["images"] == {"total": 2, "succeeded": 1, "failed": 1, "pending": 0}
     assert doc["bytes"] == {
         "input": 9000,
