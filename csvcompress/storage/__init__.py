@@ -34,11 +34,23 @@ def _cloudinary(settings: Settings) -> Storage:
     return CloudinaryStorage(settings.storage.cloudinary)
 
 
+def _s3(settings: Settings) -> Storage:
+    # Imported here: obstore is part of the optional "distributed" extra.
+    try:
+        from csvcompress.storage.s3 import S3Storage
+    except ImportError as exc:
+        raise ConfigError(
+            f"storage.backend: \"s3\" needs pip install 'csvcompress[distributed]' ({exc})"
+        ) from None
+    return S3Storage(settings.storage.s3)
+
+
 # A typed registry rather than dotted import strings: mypy checks every entry.
 BACKENDS: dict[str, Callable[[Settings], Storage]] = {
     "local": _local,
     "null": _null,
     "cloudinary": _cloudinary,
+    "s3": _s3,
 }
 
 
