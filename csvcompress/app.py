@@ -27,7 +27,7 @@ from csvcompress.pipeline import cpupool, imaging
 from csvcompress.pipeline.fetcher import Fetcher
 from csvcompress.pipeline.netguard import NetGuard, create_session
 from csvcompress.retention import Retention
-from csvcompress.storage import create_storage
+from csvcompress.storage import create_files, create_storage
 from csvcompress.store import Store, create_store
 from csvcompress.webhooks import WebhookSender
 
@@ -44,6 +44,7 @@ async def open_service(settings: Settings, *, worker: bool) -> AsyncIterator[Ser
     imaging.configure(concurrency=1, pixel_budget=settings.workers.pixel_budget)
     # First, so a storage that cannot be configured stops the start before anything opens.
     storage = create_storage(settings)
+    files = create_files(settings)
     # Whatever opened is closed again, in reverse order, even when a later step fails
     # the start: an open aiosqlite thread would otherwise keep the process from exiting.
     async with AsyncExitStack() as stack:
@@ -62,13 +63,27 @@ async def open_service(settings: Settings, *, worker: bool) -> AsyncIterator[Ser
         processor = Processor(settings, Fetcher(settings.fetch, session), storage, pool, metrics)
         lifecycle = Lifecycle(store)
         finisher = Finisher(
-            store, lifecycle, settings.outputs_dir, on_finished=webhooks.request_finished
+            store,
+            lifecycle,
+            settings.outputs_dir,
+            on_finished=webhooks.request_finished,
+            files=files,
         )
         parts = _Parts(settings, store, processor, finisher, lifecycle, metrics)
         dispatcher = _dispatcher(parts, worker=worker)
-        retention = Retention(settings, store, storage, dispatcher)
+        retention = Retention(settings, store, storage, dispatcher, files)
         service = Service(
-            settings, store, storage, guard, session, pool, dispatcher, webhooks, metrics, retention
+            settings,
+            store,
+            storage,
+            guard,
+            session,
+            pool,
+            dispatcher,
+            webhooks,
+            metrics,
+            retention,
+            files,
         )
         stack.push_async_callback(webhooks.close)
         await webhooks.start()

@@ -421,6 +421,12 @@ class Settings:
                 "storage.backend",
                 'must be "s3" or "cloudinary" with cluster.mode = "distributed"',
             )
+            # The uploaded and output CSVs live in the bucket, whatever keeps the images.
+            _check(
+                bool(self.storage.s3.bucket),
+                "storage.s3.bucket",
+                'is required with cluster.mode = "distributed" (the CSVs are kept there)',
+            )
             # Every process signs webhooks: one generated per data directory would differ.
             _check(
                 bool(self.webhook.secret),

@@ -35,6 +35,7 @@ from csvcompress.documents import upload_accepted_document
 from csvcompress.errors import AddressNotAllowed, BadRequest, PayloadTooLarge
 from csvcompress.http.keys import SERVICE
 from csvcompress.pipeline.netguard import NetGuard, check_destination
+from csvcompress.storage import CsvFiles, LocalFiles
 from csvcompress.store.base import Store
 
 FILE_FIELD = "file"
@@ -57,7 +58,9 @@ async def upload(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     settings = service.settings
     part_path, webhook_url = await receive(request, settings)
-    accepted = await asyncio.to_thread(ingest, part_path, settings, service.store, webhook_url)
+    accepted = await asyncio.to_thread(
+        ingest, part_path, settings, service.store, webhook_url, service.files
+    )
     await service.dispatcher.submit(accepted.request_id)
     doc = upload_accepted_document(
         accepted.request_id, accepted.rows, accepted.images, settings.server.base_url
@@ -204,8 +207,17 @@ def _too_large(limits: LimitSettings) -> PayloadTooLarge:
     return PayloadTooLarge(f"the file is larger than the limit of {limits.max_upload_bytes} bytes")
 
 
-def ingest(part_path: Path, settings: Settings, store: Store, webhook_url: str | None) -> Accepted:
+def ingest(
+    part_path: Path,
+    settings: Settings,
+    store: Store,
+    webhook_url: str | None,
+    files: CsvFiles | None = None,
+) -> Accepted:
     """Validate the saved CSV and store the request (runs in a thread).
+
+    The accepted file is kept by `files` (where every process can read it) before the
+    request is committed, so a stored request always has its input.
 
     One pass over the file: each row is stored as soon as it is checked, in one
     transaction that is committed only if the whole file passes. On any problem
@@ -221,9 +233,8 @@ def ingest(part_path: Path, settings: Settings, store: Store, webhook_url: str |
 
             summary = csv_input.validate(part_path, settings.limits, on_row=add_row)
             os.replace(part_path, final)
-            images = inserter.finish(
-                input_path=str(final), webhook_url=webhook_url, rows=summary.rows
-            )
+            kept = (files or LocalFiles()).keep_blocking(final, f"inputs/{request_id}.csv")
+            images = inserter.finish(input_path=kept, webhook_url=webhook_url, rows=summary.rows)
     except BaseException:
         _unlink_quietly(part_path)
         _unlink_quietly(final)

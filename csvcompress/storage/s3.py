@@ -17,9 +17,14 @@ replaces the same object. The URL handed out is "<public_url>/<prefix>/<key>".
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import tempfile
 import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import timedelta
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import obstore
 from obstore.exceptions import BaseError, PermissionDeniedError, UnauthenticatedError
@@ -27,6 +32,7 @@ from obstore.store import S3Store
 
 from csvcompress.config import S3Settings
 from csvcompress.errors import ConfigError, StorageError, StorageRejected
+from csvcompress.storage.files import STREAM_CHUNK, LocalFiles
 
 # Seconds one S3 call may take, and to connect.
 TIMEOUT = timedelta(seconds=60)
@@ -34,6 +40,8 @@ CONNECT_TIMEOUT = timedelta(seconds=10)
 # Keys deleted per DeleteObjects call (S3's own limit is 1,000).
 DELETE_BATCH = 1000
 HEALTH_KEY = ".health"
+
+log = logging.getLogger(__name__)
 
 
 class S3Storage:
@@ -54,22 +62,7 @@ class S3Storage:
         self._store: S3Store | None = None
 
     async def start(self) -> None:
-        extra = {"endpoint": self._settings.endpoint_url} if self._settings.endpoint_url else {}
-        try:
-            self._store = S3Store(
-                self._settings.bucket,
-                region=self._settings.region,
-                # Path-style ("<endpoint>/<bucket>/<key>"): what self-hosted stores answer.
-                virtual_hosted_style_request=False,
-                client_options={
-                    "allow_http": self._settings.endpoint_url.startswith("http://"),
-                    "timeout": TIMEOUT,
-                    "connect_timeout": CONNECT_TIMEOUT,
-                },
-                **extra,  # type: ignore[arg-type]
-            )
-        except BaseError as exc:
-            raise ConfigError(f"storage.s3: {exc}") from None
+        self._store = connect(self._settings)
 
     def object_key(self, key: str) -> str:
         parts = PurePosixPath(key).parts
@@ -117,6 +110,104 @@ class S3Storage:
 
     async def close(self) -> None:
         self._store = None
+
+
+def connect(settings: S3Settings) -> S3Store:
+    """An obstore client for the bucket; credentials from the AWS_* environment variables."""
+    extra = {"endpoint": settings.endpoint_url} if settings.endpoint_url else {}
+    try:
+        return S3Store(
+            settings.bucket,
+            region=settings.region,
+            # Path-style ("<endpoint>/<bucket>/<key>"): what self-hosted stores answer.
+            virtual_hosted_style_request=False,
+            client_options={
+                "allow_http": settings.endpoint_url.startswith("http://"),
+                "timeout": TIMEOUT,
+                "connect_timeout": CONNECT_TIMEOUT,
+            },
+            **extra,  # type: ignore[arg-type]
+        )
+    except BaseError as exc:
+        raise ConfigError(f"storage.s3: {exc}") from None
+
+
+class S3Files:
+    """The uploaded and output CSVs in the bucket (distributed mode), under <prefix>/csv/.
+
+    A reference is "s3://<bucket>/<key>"; anything else is a local path (a request
+    stored before the switch to distributed mode) and is handled as LocalFiles does.
+    """
+
+    def __init__(self, settings: S3Settings) -> None:
+        self._settings = settings
+        self._root = "/".join(p for p in (settings.prefix.strip("/"), "csv") if p)
+        self._scheme = f"s3://{settings.bucket}/"
+        self._local = LocalFiles()
+        self._client: S3Store | None = None
+
+    @property
+    def _store(self) -> S3Store:
+        if self._client is None:
+            self._client = connect(self._settings)
+        return self._client
+
+    def _key(self, ref: str) -> str | None:
+        return ref[len(self._scheme) :] if ref.startswith(self._scheme) else None
+
+    def keep_blocking(self, local: Path, name: str) -> str:
+        key = f"{self._root}/{name}"
+        try:
+            obstore.put(self._store, key, local, attributes={"Content-Type": "text/csv"})
+        except BaseError as exc:
+            raise StorageError(f"could not keep {name} in S3: {_first_line(exc)}") from exc
+        with contextlib.suppress(OSError):
+            local.unlink()
+        return f"{self._scheme}{key}"
+
+    @contextlib.contextmanager
+    def local_copy_blocking(self, ref: str) -> Iterator[Path]:
+        key = self._key(ref)
+        if key is None:
+            yield Path(ref)
+            return
+        fd, name = tempfile.mkstemp(suffix=".csv", prefix="csvcompress-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                try:
+                    for chunk in obstore.get(self._store, key).stream(STREAM_CHUNK):
+                        f.write(chunk)
+                except BaseError as exc:
+                    raise StorageError(f"could not read {ref}: {_first_line(exc)}") from exc
+            yield Path(name)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+
+    def local_file(self, ref: str) -> Path | None:
+        return None if self._key(ref) is not None else Path(ref)
+
+    async def stream(self, ref: str) -> AsyncIterator[bytes]:
+        key = self._key(ref)
+        if key is None:
+            async for chunk in self._local.stream(ref):
+                yield chunk
+            return
+        try:
+            result = await obstore.get_async(self._store, key)
+            async for chunk in result.stream(STREAM_CHUNK):
+                yield bytes(chunk)
+        except BaseError as exc:
+            raise StorageError(f"could not read {ref}: {_first_line(exc)}") from exc
+
+    async def delete(self, refs: Sequence[str]) -> None:
+        keys = [key for ref in refs if (key := self._key(ref)) is not None]
+        await self._local.delete([ref for ref in refs if self._key(ref) is None])
+        if keys:
+            try:
+                await obstore.delete_async(self._store, keys)
+            except BaseError as exc:
+                log.warning("could not remove %s from S3: %s", ", ".join(keys), _first_line(exc))
 
 
 def _first_line(exc: BaseException) -> str:

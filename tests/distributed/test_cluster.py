@@ -112,6 +112,15 @@ async def test_api_and_two_workers_complete_a_request_of_real_photos(
     # Both workers took chunks: the work was shared, not done by whichever started first.
     for worker in workers:
         assert "csvcompress.chunk" in worker.log(), worker.log()
+    # The CSVs live in the bucket, where every process reads them, not on the API's disk.
+    request_id = doc["request_id"]
+    kept = cluster.seaweed.get(f"{cluster.prefix}/csv/inputs/{request_id}.csv")
+    assert kept == csv_bytes(rows)
+    output = cluster.seaweed.get(f"{cluster.prefix}/csv/outputs/{request_id}.csv").decode()
+    assert [r["S. No."] for r in csv.DictReader(io.StringIO(output))] == [
+        str(n + 1) for n in range(8)
+    ]
+    assert not list(cluster.root.glob("data/**/*.csv"))
 
 
 class Gate:
