@@ -1,4 +1,4 @@
-"""Real servers for the distributed tests: PostgreSQL 15 and SeaweedFS, on loopback.
+"""Real servers for the distributed mode's tests and bench: PostgreSQL and SeaweedFS, on loopback.
 
 PostgreSQL comes from Debian (`apt-get install postgresql`): `initdb` refuses to run as
 root, so as root the cluster is made and run by the `postgres` user in a directory that
@@ -23,7 +23,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import free_port
+from csvcompress.bench.service import free_port
 
 # Seconds a server has to start answering.
 START_TIMEOUT = 60.0
@@ -130,13 +130,31 @@ class Postgres:
 
     def create_database(self) -> str:
         """A fresh, empty database; its URL."""
-        import psycopg
-
         self._databases += 1
         name = f"test_{self._databases}"
-        with psycopg.connect(self.url(), autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {name}")
+        address = ["-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER]
+        subprocess.run(
+            [str(self.bindir / "createdb"), *address, name],
+            check=True,
+            capture_output=True,
+        )
         return self.url(name)
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by every process of the cluster (Linux /proc)."""
+        total = 0.0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            # The postmaster and its children: parent pid (4th field) is the postmaster.
+            if int(entry) == self.pid or int(fields[1]) == self.pid:
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
 
     def stop(self) -> None:
         if self.pid is not None:

@@ -23,9 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from csvcompress.webhooks import generate_secret
-from tests.conftest import LOOPBACK, free_port
-from tests.distributed.servers import (
+from csvcompress.bench.servers import (
     S3_ACCESS_KEY,
     S3_BUCKET,
     S3_SECRET_KEY,
@@ -34,6 +32,8 @@ from tests.distributed.servers import (
     postgres_bin,
     weed_bin,
 )
+from csvcompress.webhooks import generate_secret
+from tests.conftest import LOOPBACK, free_port
 from tests.procs import _toml_tables
 
 # Seconds a process has to start (answer GET /, or log that it is working).
