@@ -61,6 +61,7 @@ class Run:
     worker_cpu: float
     api_cpu: float
     db_cpu: float
+    s3_cpu: float
 
     @property
     def rate(self) -> float:
@@ -182,6 +183,7 @@ async def one_run(
             data = corpora.csv_bytes(corpus.urls(f"{origin}", images), per_row=1)
             before = (sum(cpu_seconds(p.pid) for p in procs), cpu_seconds(api.pid))
             db_before = pg.cpu_seconds()
+            s3_before = seaweed.cpu_seconds()
             started = time.perf_counter()
             accepted = await upload(session, cluster.base_url, data)
             await wait_until(session, cluster.base_url, accepted.request_id, is_complete)
@@ -189,9 +191,10 @@ async def one_run(
             worker_cpu = sum(cpu_seconds(p.pid) for p in procs) - before[0]
             api_cpu = cpu_seconds(api.pid) - before[1]
             db_cpu = pg.cpu_seconds() - db_before
+            s3_cpu = seaweed.cpu_seconds() - s3_before
     finally:
         cluster.stop()
-    return Run(workers, images, seconds, worker_cpu, api_cpu, db_cpu)
+    return Run(workers, images, seconds, worker_cpu, api_cpu, db_cpu, s3_cpu)
 
 
 async def main_async(args: argparse.Namespace) -> int:
@@ -225,6 +228,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 ("workers", run.worker_cpu),
                 ("API", run.api_cpu),
                 ("PostgreSQL", run.db_cpu),
+                ("SeaweedFS", run.s3_cpu),
             )
         )
         report.line(

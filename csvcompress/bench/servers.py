@@ -23,7 +23,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from csvcompress.bench.service import free_port
+from csvcompress.bench.service import cpu_seconds, free_port
 
 # Seconds a server has to start answering.
 START_TIMEOUT = 60.0
@@ -235,6 +235,11 @@ class SeaweedFS:
         with urllib.request.urlopen(f"{self.endpoint}/{S3_BUCKET}/{key}", timeout=10) as resp:
             data: bytes = resp.read()
             return data
+
+    def cpu_seconds(self) -> float:
+        """CPU time `weed` has used so far (Linux /proc)."""
+        assert self.proc is not None
+        return cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -218,16 +218,17 @@ class ChunkWorker:
     async def _one(self, job: ImageJob) -> None:
         async with self._slots:
             REQUEST_ID.set(job.request_id)
-            result = await self._processor.process(job)
-            if result.error:
-                log.info(
-                    "image %s failed (%s)",
-                    job.url,
-                    result.error_code,
-                    extra={"error": result.error},
-                )
-            images = await self._recorder.record(job, result)
-            self._metrics.image_recorded(result, images)
+            try:
+                result = await self._processor.process(job)
+                if result.error:
+                    error = {"error": result.error}
+                    log.info("image %s failed (%s)", job.url, result.error_code, extra=error)
+                images = await self._recorder.record(job, result)
+                self._metrics.image_recorded(result, images)
+            except Exception:
+                # As in single mode, a bug costs one image, not its chunk: the image stays
+                # pending, and the recovery loop queues its request again later.
+                log.exception("worker error on image %d", job.id)
 
     async def finish(self, request_id: str) -> None:
         REQUEST_ID.set(request_id)
@@ -280,9 +281,10 @@ class ChunkWorker:
         args = job.task_kwargs
         request_id, after_id, last_id = str(args["request_id"]), args["after_id"], args["last_id"]
         assert isinstance(after_id, int) and isinstance(last_id, int)  # as plan() queued them
+        tries = job.attempts + 1
         reason = (
-            f"a worker died {job.attempts + 1} times while processing this image's chunk; "
-            "given up so it cannot stop the others"
+            f"the worker processing this image died ({tries} attempt{'s' * (tries > 1)}); "
+            "given up so that it cannot hold up the other images"
         )
         pending = await self._store.pending_images(request_id, after_id, self._cluster.chunk_size)
         failed = [

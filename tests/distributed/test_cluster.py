@@ -269,3 +269,56 @@ async def test_restarting_the_api_during_a_job_loses_nothing(
     out = await output_rows(doc)
     assert [row["S. No."] for row in out] == ["1", "2", "3", "4"]
     assert all(row["Output Image Urls"] for row in out)
+
+
+async def test_a_chunk_that_keeps_killing_workers_fails_then_retries(
+    make_cluster: ClusterFactory, origin: Origin
+) -> None:
+    """crash_retries = 0: the first crash gives the chunk up (no crash loop); a retry later
+    (POST .../retry) queues its images again and they succeed."""
+    cluster = make_cluster(cluster={"chunk_size": 2, "crash_retries": 0})
+    await cluster.start_api()
+    doomed = await cluster.start_worker()
+    gate = Gate(origin)
+    rows = [[str(n + 1), f"Item {n}", gate.url(n)] for n in range(2)]
+    request_id = await submit(cluster.url, csv_bytes(rows))
+
+    async def downloading() -> bool:
+        return gate.hits >= 1
+
+    await until(downloading, "the worker to be downloading")
+    doomed.kill()
+    survivor = await cluster.start_worker()
+
+    doc = await finished(cluster.url, request_id)
+
+    assert doc["status"] == "complete"
+    assert doc["images"]["failed"] == 2
+    out = await output_rows(doc)
+    assert all("worker processing this image died (1 attempt)" in row["Errors"] for row in out), out
+    assert "failed for good" in survivor.log()
+
+    gate.open.set()
+    async with (
+        aiohttp.ClientSession() as client,
+        client.post(f"{cluster.url}/requests/{request_id}/retry") as resp,
+    ):
+        assert resp.status == 202, await resp.text()
+    doc = await finished(cluster.url, request_id)
+    assert doc["images"]["succeeded"] == 2, doc
+
+    # Removing a finished request removes its images and CSVs from the bucket too.
+    image_url = (await output_rows(doc))[0]["Output Image Urls"]
+    async with (
+        aiohttp.ClientSession() as client,
+        client.delete(f"{cluster.url}/requests/{request_id}") as resp,
+    ):
+        assert resp.status == 204, await resp.text()
+    async with aiohttp.ClientSession() as client:
+        for url in (
+            image_url,
+            f"{cluster.seaweed.endpoint}/images/{cluster.prefix}/csv/inputs/{request_id}.csv",
+            f"{cluster.seaweed.endpoint}/images/{cluster.prefix}/csv/outputs/{request_id}.csv",
+        ):
+            async with client.get(url) as resp:
+                assert resp.status == 404, url
