@@ -517,7 +517,15 @@ class PostgresStore:
     ) -> list[int]:
         stamp = now_iso()
         changed: list[int] = []
+        requests = sorted({job.request_id for job, _, _ in results})
         async with self._connections.connection() as conn, conn.transaction():
+            # Lock the requests' rows first, in one order, as cancel and retry do (their
+            # UPDATE of the request comes before their images'): taking images first here
+            # deadlocked with a cancel of the same request.
+            await conn.execute(
+                "SELECT 1 FROM requests WHERE request_id = ANY(%s) ORDER BY request_id FOR UPDATE",
+                (requests,),
+            )
             for job, result, move in results:
                 case, case_params, sources = _move(move)
                 cur = await conn.execute(

@@ -11,7 +11,7 @@ import pytest
 from csvcompress.bench.servers import Postgres
 from csvcompress.errors import ConfigError
 from csvcompress.jobs.lifecycle import Lifecycle
-from csvcompress.models import ImageResult, ImageStatus, RequestStatus
+from csvcompress.models import ImageJob, ImageResult, ImageStatus, RequestStatus
 from csvcompress.store.postgres import PostgresStore, migrate_blocking
 
 REQUEST = "a" * 32
@@ -126,3 +126,24 @@ async def test_a_due_delivery_goes_to_one_sender_of_many(
     finally:
         for other in others:
             await other.close()
+
+
+async def test_results_racing_a_cancel_do_not_deadlock(store: PostgresStore) -> None:
+    """Workers record batches while the API cancels the same request: both take the
+    request's row first, so neither waits for the other in a cycle (PostgreSQL would
+    abort one with "deadlock detected")."""
+    urls = [[f"http://o/{n}"] for n in range(400)]
+    await asyncio.to_thread(_ingest, store, REQUEST, urls)
+    jobs = await store.pending_images(REQUEST, 0, 400)
+    lifecycle = Lifecycle(store)
+    batches = [jobs[start::8] for start in range(8)]  # interleaved ids, as workers do
+
+    async def record(batch: list[ImageJob]) -> list[int]:
+        return await lifecycle.record([(job, ImageResult("http://s/x.jpg", None)) for job in batch])
+
+    outcome = await asyncio.gather(*(record(b) for b in batches), lifecycle.cancel(REQUEST))
+
+    assert outcome[-1] is True
+    counts = await store.get_counts(REQUEST)
+    assert counts.succeeded + counts.skipped == 400
+    assert counts.pending == 0
