@@ -689,13 +689,21 @@ class PostgresStore:
         return [path for path in (row["input_path"], row["output_file_path"]) if path]
 
     async def delete_request(self, request_id: str) -> None:
+        """Remove a request's rows: images in chunks (the workers keep writing), then the rest.
+
+        Each chunk locks the request's row first, the order every writer of images keeps.
+        """
         while True:
-            deleted = await self._execute(
-                "DELETE FROM images WHERE id IN "
-                "(SELECT id FROM images WHERE request_id = %s LIMIT %s)",
-                (request_id, DELETE_CHUNK),
-            )
-            if deleted < DELETE_CHUNK:
+            async with self._connections.connection() as conn, conn.transaction():
+                await conn.execute(
+                    "SELECT 1 FROM requests WHERE request_id = %s FOR UPDATE", (request_id,)
+                )
+                cur = await conn.execute(
+                    "DELETE FROM images WHERE id IN "
+                    "(SELECT id FROM images WHERE request_id = %s LIMIT %s)",
+                    (request_id, DELETE_CHUNK),
+                )
+            if cur.rowcount < DELETE_CHUNK:
                 break
         async with self._connections.connection() as conn, conn.transaction():
             await conn.execute("DELETE FROM deliveries WHERE request_id = %s", (request_id,))
