@@ -322,3 +322,18 @@ async def test_a_chunk_that_keeps_killing_workers_fails_then_retries(
         ):
             async with client.get(url) as resp:
                 assert resp.status == 404, url
+
+
+async def test_a_worker_stops_on_sigterm_and_another_carries_on(
+    make_cluster: ClusterFactory, origin: Origin
+) -> None:
+    cluster = make_cluster()
+    await cluster.start_api()
+    leaving = await cluster.start_worker()
+
+    assert await leaving.stop() == 0
+    assert "stopped" in leaving.log()
+
+    await cluster.start_worker()
+    doc = await finished(cluster.url, await submit(cluster.url, csv_bytes(photo_rows(origin, 2))))
+    assert doc["status"] == "complete"
