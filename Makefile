@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint typecheck demo bench screenshots clean
+.PHONY: install serve test test-distributed lint typecheck demo bench bench-distributed screenshots clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ demo: $(STAMP)
 # Minutes, not seconds: kept out of `make test`. Options: make bench BENCH_ARGS="--quick".
 bench: $(STAMP)
 	$(BIN)/python -m csvcompress.bench $(BENCH_ARGS)
+	$(BIN)/python -m csvcompress.bench.distributed $(BENCH_DISTRIBUTED_ARGS)
+
+# Distributed mode alone: 1 worker against 2 on a throw-away PostgreSQL and SeaweedFS.
+bench-distributed: $(STAMP)
+	$(BIN)/python -m csvcompress.bench.distributed $(BENCH_DISTRIBUTED_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check csvcompress tests
@@ -34,6 +39,10 @@ typecheck: $(STAMP)
 
 test: lint typecheck
 	$(BIN)/pytest -q
+
+# Only the distributed mode's tests (real PostgreSQL and SeaweedFS); `make test` runs them too.
+test-distributed: $(STAMP)
+	$(BIN)/pytest -q tests/distributed
 
 # Refresh the README's screenshots (docs/*.png) from the browser test; needs /usr/bin/chromium.
 screenshots: $(STAMP)

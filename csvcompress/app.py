@@ -1,10 +1,16 @@
-"""create_app(settings): wires the database, storage, HTTP client, CPU pool and workers."""
+"""create_app(settings): wires the database, storage, HTTP client, CPU pool and workers.
+
+`open_service` is the wiring itself, shared by `serve` (inside the web app) and, in
+distributed mode, by `worker` (no web app). The modes differ only in the Store and
+the Dispatcher chosen here; nothing else knows which mode it runs in.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -12,7 +18,7 @@ from csvcompress.config import Settings
 from csvcompress.http.keys import SERVICE, SETTINGS, Service
 from csvcompress.http.middleware import middlewares
 from csvcompress.http.routes import add_routes
-from csvcompress.jobs.dispatcher import InProcessDispatcher
+from csvcompress.jobs.dispatcher import Dispatcher, InProcessDispatcher
 from csvcompress.jobs.lifecycle import Lifecycle
 from csvcompress.jobs.output import Finisher
 from csvcompress.jobs.processor import Processor
@@ -22,18 +28,24 @@ from csvcompress.pipeline.fetcher import Fetcher
 from csvcompress.pipeline.netguard import NetGuard, create_session
 from csvcompress.pipeline.thumbnails import Thumbnails
 from csvcompress.retention import Retention
-from csvcompress.storage import create_storage
-from csvcompress.store import create_store
+from csvcompress.storage import create_files, create_storage
+from csvcompress.store import Store, create_store
 from csvcompress.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 
 
-async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
+@asynccontextmanager
+async def open_service(settings: Settings, *, worker: bool) -> AsyncIterator[Service]:
+    """Every part of the service, opened in order and closed in reverse.
+
+    `worker` says whether this process does image work: always in single mode; in
+    distributed mode for `worker` processes and for `serve` with `[cluster] role = "all"`.
+    """
     imaging.configure(concurrency=1, pixel_budget=settings.workers.pixel_budget)
     # First, so a storage that cannot be configured stops the start before anything opens.
     storage = create_storage(settings)
+    files = create_files(settings)
     # Whatever opened is closed again, in reverse order, even when a later step fails
     # the start: an open aiosqlite thread would otherwise keep the process from exiting.
     async with AsyncExitStack() as stack:
@@ -53,10 +65,15 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         processor = Processor(settings, fetcher, storage, pool, metrics)
         lifecycle = Lifecycle(store)
         finisher = Finisher(
-            store, lifecycle, settings.outputs_dir, on_finished=webhooks.request_finished
+            store,
+            lifecycle,
+            settings.outputs_dir,
+            on_finished=webhooks.request_finished,
+            files=files,
         )
-        dispatcher = InProcessDispatcher(settings, store, processor, finisher, lifecycle, metrics)
-        retention = Retention(settings, store, storage, dispatcher)
+        parts = _Parts(settings, store, processor, finisher, lifecycle, metrics)
+        dispatcher = _dispatcher(parts, worker=worker)
+        retention = Retention(settings, store, storage, dispatcher, files)
         thumbnails = Thumbnails(
             settings.thumbnails_dir,
             fetcher,
@@ -65,7 +82,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
             f"{settings.server.base_url}/files/",
             settings.images.max_pixels,
         )
-        app[SERVICE] = Service(
+        service = Service(
             settings,
             store,
             storage,
@@ -77,6 +94,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
             metrics,
             retention,
             thumbnails,
+            files,
         )
         stack.push_async_callback(webhooks.close)
         await webhooks.start()
@@ -84,6 +102,55 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         await dispatcher.start()
         stack.push_async_callback(retention.close)
         await retention.start()
+        yield service
+
+
+@dataclass(frozen=True)
+class _Parts:
+    settings: Settings
+    store: Store
+    processor: Processor
+    finisher: Finisher
+    lifecycle: Lifecycle
+    metrics: Metrics
+
+
+def _dispatcher(parts: _Parts, *, worker: bool) -> Dispatcher:
+    """The in-process queue (single mode), or procrastinate on PostgreSQL (distributed)."""
+    settings = parts.settings
+    if not settings.cluster.distributed:
+        return InProcessDispatcher(
+            settings, parts.store, parts.processor, parts.finisher, parts.lifecycle, parts.metrics
+        )
+    # Imported here: single mode never loads procrastinate or psycopg (an optional extra).
+    from csvcompress.jobs.cluster import ChunkWorker, ClusterDispatcher, create_queue
+    from csvcompress.store.postgres import PostgresStore
+
+    store = parts.store
+    assert isinstance(store, PostgresStore)  # create_store's choice in distributed mode
+    queue = create_queue(settings)
+    chunks = (
+        ChunkWorker(
+            settings,
+            store,
+            parts.processor,
+            parts.finisher,
+            parts.lifecycle,
+            queue,
+            parts.metrics,
+        )
+        if worker
+        else None
+    )
+    return ClusterDispatcher(settings, store, parts.lifecycle, queue, chunks)
+
+
+async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    cluster = settings.cluster
+    worker = not cluster.distributed or cluster.role == "all"
+    async with open_service(settings, worker=worker) as service:
+        app[SERVICE] = service
         log.info("csvcompress ready on %s", settings.server.base_url)
         yield
 

@@ -80,7 +80,58 @@ class ServerSettings:
 
 @dataclass(frozen=True)
 class DatabaseSettings:
+    # Single mode: the SQLite file (uploads/, outputs/ and generated secrets live beside it).
     path: str = "data/csvcompress.sqlite3"
+    # Distributed mode: the PostgreSQL database holding the state and the queue.
+    url: str = field(default="", repr=False)
+
+    def validate(self) -> None:
+        if self.url:
+            _check(
+                self.url.startswith(("postgresql://", "postgres://")),
+                "database.url",
+                "must start with postgresql://",
+            )
+
+
+CLUSTER_MODES = ("single", "distributed")
+# api: the HTTP API only; worker: the queue's tasks only; all: both in one process.
+CLUSTER_ROLES = ("api", "all")
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    # "single": one process, SQLite, an in-process queue (the default, nothing else to run).
+    # "distributed": PostgreSQL holds the state and the queue; `worker` processes do the work.
+    mode: str = "single"
+    # Distributed mode: what `serve` runs. "api" does no image work; "all" also runs a worker.
+    role: str = "api"
+    # Distributed mode: images per queued job, and chunk jobs one worker runs at once.
+    chunk_size: int = 32
+    worker_jobs: int = 2
+    # Seconds between a worker's heartbeats, and without one before its jobs are retried.
+    heartbeat: float = 2.0
+    stalled_after: float = 10.0
+    # A chunk whose worker died this many times has its remaining images failed, so one
+    # image that kills its worker cannot crash-loop the cluster.
+    crash_retries: int = 3
+
+    @property
+    def distributed(self) -> bool:
+        return self.mode == "distributed"
+
+    def validate(self) -> None:
+        _check(self.mode in CLUSTER_MODES, "cluster.mode", 'must be "single" or "distributed"')
+        _check(self.role in CLUSTER_ROLES, "cluster.role", 'must be "api" or "all"')
+        _check(self.chunk_size >= 1, "cluster.chunk_size", "must be at least 1")
+        _check(self.worker_jobs >= 1, "cluster.worker_jobs", "must be at least 1")
+        _check(self.heartbeat > 0, "cluster.heartbeat", "must be positive")
+        _check(
+            self.stalled_after > self.heartbeat,
+            "cluster.stalled_after",
+            "must be longer than cluster.heartbeat",
+        )
+        _check(self.crash_retries >= 0, "cluster.crash_retries", "must be 0 or more")
 
 
 @dataclass(frozen=True)
@@ -120,19 +171,50 @@ class CloudinarySettings:
 
 
 @dataclass(frozen=True)
+class S3Settings:
+    # Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, never from here.
+    bucket: str = ""
+    # Empty means AWS itself; e.g. "http://127.0.0.1:8333" for SeaweedFS or MinIO.
+    endpoint_url: str = ""
+    region: str = "us-east-1"
+    # Prepended to every key: <prefix>/<request_id>/<row>-<position>.<ext>.
+    prefix: str = "csvcompress"
+    # The base of the URLs handed out (a CDN or the bucket's public address);
+    # empty means <endpoint_url>/<bucket>.
+    public_url: str = ""
+
+    def validate(self) -> None:
+        for key, url in (("endpoint_url", self.endpoint_url), ("public_url", self.public_url)):
+            if url:
+                _check(
+                    url.startswith(("http://", "https://")),
+                    f"storage.s3.{key}",
+                    "must start with http:// or https://",
+                )
+        _check(".." not in self.prefix.split("/"), "storage.s3.prefix", 'must not contain ".."')
+
+
+STORAGE_BACKENDS = ("local", "cloudinary", "null", "s3")
+
+
+@dataclass(frozen=True)
 class StorageSettings:
     backend: str = "local"
     # Local backend: where output images and CSVs are kept and served from.
     dir: str = "data/storage"
     cloudinary: CloudinarySettings = field(default_factory=CloudinarySettings)
+    s3: S3Settings = field(default_factory=S3Settings)
 
     def validate(self) -> None:
         _check(
-            self.backend in ("local", "cloudinary", "null"),
+            self.backend in STORAGE_BACKENDS,
             "storage.backend",
-            'must be "local", "cloudinary" or "null"',
+            'must be "local", "cloudinary", "s3" or "null"',
         )
         self.cloudinary.validate()
+        self.s3.validate()
+        if self.backend == "s3":
+            _check(bool(self.s3.bucket), "storage.s3.bucket", 'is required with backend = "s3"')
 
 
 OUTPUT_FORMATS = ("keep", "jpeg", "webp", "avif", "png")
@@ -320,6 +402,7 @@ class LogSettings:
 @dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     images: ImageSettings = field(default_factory=ImageSettings)
@@ -336,6 +419,30 @@ class Settings:
             check = getattr(section, "validate", None)
             if check is not None:
                 check()
+        if self.cluster.distributed:
+            _check(
+                bool(self.database.url),
+                "database.url",
+                'is required with cluster.mode = "distributed"',
+            )
+            # Every process must reach the images: not a disk only one machine sees.
+            _check(
+                self.storage.backend in ("s3", "cloudinary"),
+                "storage.backend",
+                'must be "s3" or "cloudinary" with cluster.mode = "distributed"',
+            )
+            # The uploaded and output CSVs live in the bucket, whatever keeps the images.
+            _check(
+                bool(self.storage.s3.bucket),
+                "storage.s3.bucket",
+                'is required with cluster.mode = "distributed" (the CSVs are kept there)',
+            )
+            # Every process signs webhooks: one generated per data directory would differ.
+            _check(
+                bool(self.webhook.secret),
+                "webhook.secret",
+                'is required with cluster.mode = "distributed" (every process signs with it)',
+            )
         return self
 
     @property

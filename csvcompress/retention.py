@@ -12,14 +12,13 @@ import contextlib
 import logging
 import shutil
 from datetime import UTC, datetime
-from pathlib import Path
 
 from csvcompress.clock import iso_days_before
 from csvcompress.config import Settings
 from csvcompress.errors import StorageError
 from csvcompress.jobs.dispatcher import Dispatcher
 from csvcompress.logs import request_context
-from csvcompress.storage import Storage
+from csvcompress.storage import CsvFiles, LocalFiles, Storage
 from csvcompress.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -32,7 +31,12 @@ class Retention:
     """Removes requests, and sweeps old finished ones every `[retention] interval` seconds."""
 
     def __init__(
-        self, settings: Settings, store: Store, storage: Storage, queue: Dispatcher
+        self,
+        settings: Settings,
+        store: Store,
+        storage: Storage,
+        queue: Dispatcher,
+        files: CsvFiles | None = None,
     ) -> None:
         self._settings = settings.retention
         self._outputs_dir = settings.outputs_dir
@@ -40,6 +44,7 @@ class Retention:
         self._store = store
         self._storage = storage
         self._queue = queue
+        self._files = files or LocalFiles()
         self._task: asyncio.Task[None] | None = None
         self._removing: set[str] = set()
 
@@ -113,19 +118,11 @@ class Retention:
         except StorageError as exc:
             log.warning("could not remove the images of request %s: %s", request_id, exc.message)
             return False
-        files = [Path(p) for p in await self._store.request_files(request_id)]
-        files.append(self._outputs_dir / f"{request_id}.csv")
-        await asyncio.to_thread(_unlink_all, files)
+        files = await self._store.request_files(request_id)
+        # A half-written output left by a crash has no reference yet.
+        files.append(str(self._outputs_dir / f"{request_id}.csv"))
+        await self._files.delete(files)
         await asyncio.to_thread(shutil.rmtree, self._thumbnails_dir / request_id, True)
         await self._store.delete_request(request_id)
         log.info("request %s removed with its files", request_id)
         return True
-
-
-def _unlink_all(paths: list[Path]) -> None:
-    for path in paths:
-        try:
-            path.unlink(missing_ok=True)
-        except OSError as exc:
-            # A file we cannot remove must not keep the rows (and the next files) alive.
-            log.warning("could not remove %s: %s", path, exc.strerror or exc)

@@ -62,7 +62,11 @@ def test_env_overrides_single_keys(tmp_path: Path) -> None:
         ({"images": {"scale": 2}}, "images.scale: must be in (0, 1]"),
         ({"fetch": {"allowed_networks": ["nope"]}}, "'nope' is not a network"),
         ({"fetch": {"allowed_networks": "10.0.0.0/8"}}, "fetch.allowed_networks: must be a list"),
-        ({"storage": {"backend": "s3"}}, "storage.backend: must be"),
+        ({"storage": {"backend": "ftp"}}, "storage.backend: must be"),
+        ({"storage": {"backend": "s3"}}, "storage.s3.bucket: is required"),
+        ({"cluster": {"mode": "many"}}, "cluster.mode: must be"),
+        ({"cluster": {"mode": "distributed"}}, "database.url: is required"),
+        ({"database": {"url": "mysql://x"}}, "database.url: must start with postgresql://"),
         (
             {"storage": {"cloudinary": {"concurrency": 0}}},
             "storage.cloudinary.concurrency: must be at least 1",

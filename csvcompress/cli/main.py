@@ -1,4 +1,4 @@
-"""Command line: serve, demo, and the client commands submit and status."""
+"""Command line: serve, worker, migrate, demo, and the client commands submit and status."""
 
 from __future__ import annotations
 
@@ -33,6 +33,26 @@ def _serve(args: argparse.Namespace) -> int:
         return asyncio.run(serve(settings, lambda line: print(line, flush=True)))
     except KeyboardInterrupt:  # Ctrl+C before the signal handlers were in place
         return 130
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from csvcompress.cli.worker import run_worker
+
+    settings = load_settings(args.config)
+    setup_logging(settings.log.level, settings.log.format, logs.settings_secrets(settings))
+    try:
+        return asyncio.run(run_worker(settings, lambda line: print(line, flush=True)))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from csvcompress.cli.worker import migrate
+
+    settings = load_settings(args.config)
+    setup_logging(settings.log.level, settings.log.format, logs.settings_secrets(settings))
+    print(migrate(settings), flush=True)
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -96,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the service")
     serve.set_defaults(func=_serve)
+    worker = sub.add_parser(
+        "worker", help='distributed mode: process queued images ([cluster] mode = "distributed")'
+    )
+    worker.set_defaults(func=_worker)
+    migrate = sub.add_parser(
+        "migrate", help="create or upgrade the database schema (PostgreSQL: the queue's too)"
+    )
+    migrate.set_defaults(func=_migrate)
     demo = sub.add_parser("demo", help="run a sample job end to end, offline")
     demo.add_argument("--rows", type=int, default=5, help="rows in the sample CSV")
     demo.add_argument(

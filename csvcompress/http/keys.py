@@ -7,7 +7,7 @@ import the module that wires them (no import cycle).
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
@@ -18,7 +18,7 @@ from csvcompress.metrics import Metrics
 from csvcompress.pipeline.netguard import NetGuard
 from csvcompress.pipeline.thumbnails import Thumbnails
 from csvcompress.retention import Retention
-from csvcompress.storage import Storage
+from csvcompress.storage import CsvFiles, LocalFiles, Storage
 from csvcompress.store.base import Store
 from csvcompress.webhooks import WebhookSender
 
@@ -38,6 +38,8 @@ class Service:
     metrics: Metrics
     retention: Retention
     thumbnails: Thumbnails
+    # Where the uploaded and output CSVs are kept (on disk, or in S3 in distributed mode).
+    files: CsvFiles = field(default_factory=LocalFiles)
 
 
 SETTINGS = web.AppKey("settings", Settings)

@@ -99,7 +99,7 @@ async def request_images(request: web.Request) -> web.Response:
     return web.json_response(doc, headers=NO_STORE)
 
 
-async def output_csv(request: web.Request) -> web.FileResponse:
+async def output_csv(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
     request_id = request.match_info["request_id"]
     record = await service.store.get_request(request_id)
@@ -107,13 +107,20 @@ async def output_csv(request: web.Request) -> web.FileResponse:
         raise NotFound(f"no request with id {request_id}")
     if not record.output_file_path:
         raise NotFound(f"request {request_id} has no output CSV yet (status: {record.status})")
-    return web.FileResponse(
-        record.output_file_path,
-        headers={
-            "Content-Type": "text/csv; charset=utf-8",
-            "Content-Disposition": f'attachment; filename="{request_id}.csv"',
-        },
-    )
+    headers = {
+        "Content-Type": "text/csv; charset=utf-8",
+        "Content-Disposition": f'attachment; filename="{request_id}.csv"',
+    }
+    path = service.files.local_file(record.output_file_path)
+    if path is not None:
+        return web.FileResponse(path, headers=headers)
+    # Kept elsewhere (S3, in distributed mode): streamed through, never held whole.
+    response = web.StreamResponse(headers=headers)
+    await response.prepare(request)
+    async for chunk in service.files.stream(record.output_file_path):
+        await response.write(chunk)
+    await response.write_eof()
+    return response
 
 
 def _limit(request: web.Request, page: tuple[int, int]) -> int:

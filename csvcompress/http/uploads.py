@@ -35,6 +35,7 @@ from csvcompress.documents import upload_accepted_document
 from csvcompress.errors import AddressNotAllowed, BadRequest, PayloadTooLarge
 from csvcompress.http.keys import SERVICE
 from csvcompress.pipeline.netguard import NetGuard, check_destination
+from csvcompress.storage import CsvFiles, LocalFiles
 from csvcompress.store.base import Store
 
 FILE_FIELD = "file"
@@ -60,7 +61,7 @@ async def upload(request: web.Request) -> web.Response:
     settings = service.settings
     part_path, webhook_url, file_name = await receive(request, settings)
     accepted = await asyncio.to_thread(
-        ingest, part_path, settings, service.store, webhook_url, file_name
+        ingest, part_path, settings, service.store, webhook_url, file_name, service.files
     )
     await service.dispatcher.submit(accepted.request_id)
     doc = upload_accepted_document(
@@ -225,8 +226,12 @@ def ingest(
     store: Store,
     webhook_url: str | None,
     file_name: str | None = None,
+    files: CsvFiles | None = None,
 ) -> Accepted:
     """Validate the saved CSV and store the request (runs in a thread).
+
+    The accepted file is kept by `files` (where every process can read it) before the
+    request is committed, so a stored request always has its input.
 
     One pass over the file: each row is stored as soon as it is checked, in one
     transaction that is committed only if the whole file passes. On any problem
@@ -242,11 +247,9 @@ def ingest(
 
             summary = csv_input.validate(part_path, settings.limits, on_row=add_row)
             os.replace(part_path, final)
+            kept = (files or LocalFiles()).keep_blocking(final, f"inputs/{request_id}.csv")
             images = inserter.finish(
-                input_path=str(final),
-                webhook_url=webhook_url,
-                rows=summary.rows,
-                file_name=file_name,
+                input_path=kept, webhook_url=webhook_url, rows=summary.rows, file_name=file_name
             )
     except BaseException:
         _unlink_quietly(part_path)

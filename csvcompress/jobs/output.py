@@ -20,6 +20,7 @@ from csvcompress.csv_input import ImageOutcome
 from csvcompress.errors import CsvCompressError
 from csvcompress.jobs.lifecycle import Lifecycle
 from csvcompress.logs import REQUEST_ID
+from csvcompress.storage.files import CsvFiles, LocalFiles
 from csvcompress.store.base import OutcomeRow, Store
 
 log = logging.getLogger(__name__)
@@ -27,16 +28,21 @@ log = logging.getLogger(__name__)
 FinishedCallback = Callable[[str], Awaitable[None]]
 
 
-def write_output_csv(store: Store, request_id: str, output: Path) -> None:
-    """Stream the input CSV and the recorded outcomes into the output CSV (runs in a thread)."""
+def write_output_csv(
+    store: Store, request_id: str, output: Path, files: CsvFiles | None = None
+) -> str:
+    """Stream the input CSV and the recorded outcomes into the output CSV (runs in a thread);
+    returns the output's reference (`files` keeps it: its path, or where it was moved)."""
+    files = files or LocalFiles()
     stored = store.request_input_blocking(request_id)
     if stored is None:
         raise FileNotFoundError(f"request {request_id} has no input")
-    input_path = Path(stored.input_path)
-    # validate() passed this file at upload; its header is all that is needed now.
-    summary = csv_input.accepted_summary(input_path, stored.rows, stored.images)
-    outcomes = _group_by_row(store.image_outcomes_blocking(request_id))
-    csv_input.write_output(input_path, output, summary, outcomes)
+    with files.local_copy_blocking(stored.input_path) as input_path:
+        # validate() passed this file at upload; its header is all that is needed now.
+        summary = csv_input.accepted_summary(input_path, stored.rows, stored.images)
+        outcomes = _group_by_row(store.image_outcomes_blocking(request_id))
+        csv_input.write_output(input_path, output, summary, outcomes)
+    return files.keep_blocking(output, f"outputs/{request_id}.csv")
 
 
 def _group_by_row(rows: Iterable[OutcomeRow]) -> Iterator[tuple[int, list[ImageOutcome]]]:
@@ -51,11 +57,13 @@ class Finisher:
         lifecycle: Lifecycle,
         outputs_dir: Path,
         on_finished: FinishedCallback | None = None,
+        files: CsvFiles | None = None,
     ) -> None:
         self._store = store
         self._lifecycle = lifecycle
         self.outputs_dir = outputs_dir
         self._on_finished = on_finished
+        self._files = files or LocalFiles()
 
     async def finish(self, request_id: str, *, stopping: bool = False) -> bool:
         """Write the output CSV, then mark the request finished, then notify.
@@ -71,13 +79,15 @@ class Finisher:
             return False
         output = self.outputs_dir / f"{request_id}.csv"
         try:
-            await asyncio.to_thread(write_output_csv, self._store, request_id, output)
+            kept = await asyncio.to_thread(
+                write_output_csv, self._store, request_id, output, self._files
+            )
         except (OSError, CsvCompressError) as exc:
             reason = getattr(exc, "message", None) or str(exc)
             log.error("request %s failed: could not write the output CSV: %s", request_id, reason)
             await self._lifecycle.fail(request_id, f"could not write the output CSV: {reason}")
         else:
-            await self._lifecycle.finish(request_id, str(output))
+            await self._lifecycle.finish(request_id, kept)
             log.info("request %s finished: output CSV written", request_id)
         if self._on_finished is not None:
             with contextlib.suppress(Exception):

@@ -6,7 +6,12 @@ from csvcompress.store.sqlite import SqliteStore
 
 
 def create_store(settings: Settings) -> Store:
-    """The store the settings ask for (SQLite: the single-process default)."""
+    """The store the settings ask for: SQLite (single mode) or PostgreSQL (distributed)."""
+    if settings.cluster.distributed:
+        # Imported here: single mode never loads psycopg (an optional extra).
+        from csvcompress.store.postgres import PostgresStore
+
+        return PostgresStore(settings.database.url)
     return SqliteStore(settings.database.path)
 
 

@@ -1,0 +1,40 @@
+"""The queue's planning against a real PostgreSQL: chunks, round-robin ranks, one INSERT."""
+
+from __future__ import annotations
+
+import asyncio
+
+import psycopg
+
+from csvcompress.bench.servers import Postgres
+from csvcompress.config import Settings, replace_settings
+from csvcompress.jobs.cluster import CHUNK_TASK, FINISH_TASK, create_queue, defer_finish, plan
+from csvcompress.store.postgres import PostgresStore, migrate_blocking
+
+
+async def test_a_request_is_planned_as_ranked_chunks(postgres: Postgres) -> None:
+    url = postgres.create_database()
+    migrate_blocking(url)
+    store = PostgresStore(url)
+    await store.open()
+    queue = create_queue(replace_settings(Settings(), database={"url": url}))
+    try:
+        with store.request_writer("r" * 32) as writer:
+            for row in range(1, 8):
+                writer.add(row, [f"http://o/{row}.jpg"])
+            writer.finish(input_path="in.csv", webhook_url=None, rows=7)
+        async with queue.open_async():
+            assert await plan(queue, store, "r" * 32, chunk_size=3) == 3
+            # A finish job is queued once, however many chunks ask for it.
+            await asyncio.gather(*(defer_finish(queue, "r" * 32) for _ in range(3)))
+    finally:
+        await store.close()
+
+    with psycopg.connect(url) as conn:
+        jobs = conn.execute(
+            "SELECT task_name, priority, args FROM procrastinate_jobs ORDER BY id"
+        ).fetchall()
+    chunks = [(priority, args["after_id"], args["last_id"]) for task, priority, args in jobs
+              if task == CHUNK_TASK]  # fmt: skip
+    assert chunks == [(0, 0, 3), (-1, 3, 6), (-2, 6, 7)]
+    assert [task for task, _, _ in jobs].count(FINISH_TASK) == 1
