@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from csvcompress.config import Settings
-from csvcompress.errors import Conflict, StorageRejected
-from csvcompress.jobs.lifecycle import Lifecycle, retry_refusal
+from csvcompress.errors import StorageRejected
+from csvcompress.jobs.lifecycle import Lifecycle
 from csvcompress.jobs.output import Finisher
 from csvcompress.jobs.processor import Processor
 from csvcompress.jobs.recorder import ResultRecorder
@@ -252,14 +252,7 @@ class InProcessDispatcher:
         return True
 
     async def retry(self, request_id: str) -> int:
-        found = await self._store.get_request_with_counts(request_id)
-        if found is not None and (refusal := retry_refusal(*found)) is not None:
-            raise Conflict(refusal)
         requeued = await self._lifecycle.retry(request_id)
-        if requeued is None:
-            raise Conflict(
-                f"request {request_id} changed meanwhile; look at its status and try again"
-            )
         await self.submit(request_id)
         return requeued
 

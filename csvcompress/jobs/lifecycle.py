@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 
+from csvcompress.errors import Conflict
 from csvcompress.models import (
     ImageCounts,
     ImageJob,
@@ -143,14 +144,23 @@ class Lifecycle:
             code=SKIPPED_CODE,
         )
 
-    async def retry(self, request_id: str) -> int | None:
+    async def retry(self, request_id: str) -> int:
         """Put a finished request's failed and skipped images back to pending; how many.
 
-        None when the request is not (or no longer) finished.
+        Conflict, saying why, when there is nothing to retry or the request is not (or no
+        longer) finished.
         """
-        return await self._store.retry_request(
+        found = await self._store.get_request_with_counts(request_id)
+        if found is not None and (refusal := retry_refusal(*found)) is not None:
+            raise Conflict(refusal)
+        requeued = await self._store.retry_request(
             request_id, request_move(RequestEvent.RETRY), image_move(ImageEvent.RETRY)
         )
+        if requeued is None:
+            raise Conflict(
+                f"request {request_id} changed meanwhile; look at its status and try again"
+            )
+        return requeued
 
     async def record(self, results: Sequence[tuple[ImageJob, ImageResult]]) -> list[int]:
         """Each image's result, for it and its repeats; how many images each one was."""

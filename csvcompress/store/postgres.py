@@ -61,6 +61,16 @@ from csvcompress.store.base import (
     RequestMove,
     StoreUnavailable,
 )
+from csvcompress.store.rows import (
+    COUNT_COLUMNS,
+    DELIVERY_COLUMNS,
+    IMAGE_COLUMNS,
+    REQUEST_COLUMNS,
+    counts_of,
+    delivery_of,
+    image_of,
+    request_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -142,22 +152,10 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
-_REQUEST_COLUMNS = (
-    "request_id AS id, status, webhook_url, output_file_path, error, rows, created_at, "
-    "updated_at, bytes_in, bytes_out, file_name, processing_seconds, processing_since"
-)
 # The processing clock stops: the time since it (re)started is added up (see models).
 _STOP_CLOCK = (
     "processing_seconds = processing_seconds + CASE WHEN processing_since IS NULL THEN 0 "
     "ELSE GREATEST(0, %s - processing_since) END, processing_since = NULL"
-)
-_COUNT_COLUMNS = (
-    "images_total AS total, images_succeeded AS succeeded, images_failed AS failed, "
-    "images_skipped AS skipped"
-)
-_DELIVERY_COLUMNS = "id, request_id, url, state, attempts, next_attempt_at, last_status, last_error"
-_IMAGE_COLUMNS = (
-    "id, row, position, url, status, output_url, error, error_code, bytes_in, bytes_out"
 )
 
 
@@ -170,58 +168,6 @@ def _move(move: Mapping[Any, Any]) -> tuple[str, list[str], list[str]]:
     """SET status = <case> ... WHERE status = ANY(<sources>): the SQL and its parameters."""
     pairs = [(str(src), str(dst)) for src, dst in move.items()]
     return _case_sql(len(pairs)), [v for pair in pairs for v in pair], [s for s, _ in pairs]
-
-
-def _request(row: DictRow) -> RequestRecord:
-    return RequestRecord(
-        id=row["id"],
-        status=RequestStatus(row["status"]),
-        webhook_url=row["webhook_url"],
-        output_file_path=row["output_file_path"],
-        error=row["error"],
-        rows=int(row["rows"]),
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        bytes_in=int(row["bytes_in"]),
-        bytes_out=int(row["bytes_out"]),
-    )
-
-
-def _counts(row: DictRow) -> ImageCounts:
-    return ImageCounts(
-        total=int(row["total"]),
-        succeeded=int(row["succeeded"]),
-        failed=int(row["failed"]),
-        skipped=int(row["skipped"]),
-    )
-
-
-def _delivery(row: DictRow) -> DeliveryRecord:
-    return DeliveryRecord(
-        id=row["id"],
-        request_id=row["request_id"],
-        url=row["url"],
-        state=DeliveryState(row["state"]),
-        attempts=row["attempts"],
-        next_attempt_at=row["next_attempt_at"],
-        last_status=row["last_status"],
-        last_error=row["last_error"],
-    )
-
-
-def _image(row: DictRow) -> ImageRecord:
-    return ImageRecord(
-        id=int(row["id"]),
-        row=int(row["row"]),
-        position=row["position"],
-        url=row["url"],
-        status=ImageStatus(row["status"]),
-        output_url=row["output_url"],
-        error=row["error"],
-        error_code=row["error_code"],
-        bytes_in=int(row["bytes_in"]),
-        bytes_out=int(row["bytes_out"]),
-    )
 
 
 # --- the schema ----------------------------------------------------------------------
@@ -352,24 +298,24 @@ class PostgresStore:
 
     async def get_request(self, request_id: str) -> RequestRecord | None:
         row = await self._row(
-            f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE request_id = %s", (request_id,)
+            f"SELECT {REQUEST_COLUMNS} FROM requests WHERE request_id = %s", (request_id,)
         )
-        return _request(row) if row else None
+        return request_of(row) if row else None
 
     async def get_request_with_counts(
         self, request_id: str
     ) -> tuple[RequestRecord, ImageCounts] | None:
         row = await self._row(
-            f"SELECT {_REQUEST_COLUMNS}, {_COUNT_COLUMNS} FROM requests WHERE request_id = %s",
+            f"SELECT {REQUEST_COLUMNS}, {COUNT_COLUMNS} FROM requests WHERE request_id = %s",
             (request_id,),
         )
-        return (_request(row), _counts(row)) if row else None
+        return (request_of(row), counts_of(row)) if row else None
 
     async def get_counts(self, request_id: str) -> ImageCounts:
         row = await self._row(
-            f"SELECT {_COUNT_COLUMNS} FROM requests WHERE request_id = %s", (request_id,)
+            f"SELECT {COUNT_COLUMNS} FROM requests WHERE request_id = %s", (request_id,)
         )
-        return _counts(row) if row else ImageCounts()
+        return counts_of(row) if row else ImageCounts()
 
     async def list_requests(
         self, *, status: RequestStatus | None, before: int | None, limit: int
@@ -380,11 +326,11 @@ class PostgresStore:
             where.append("status = %s")
             params.append(status)
         rows = await self._rows(
-            f"SELECT id AS cursor, {_COUNT_COLUMNS}, {_REQUEST_COLUMNS} FROM requests "
+            f"SELECT id AS cursor, {COUNT_COLUMNS}, {REQUEST_COLUMNS} FROM requests "
             f"WHERE {' AND '.join(where)} ORDER BY requests.id DESC LIMIT %s",
             (*params, limit),
         )
-        return [ListedRequest(int(row["cursor"]), _request(row), _counts(row)) for row in rows]
+        return [ListedRequest(int(row["cursor"]), request_of(row), counts_of(row)) for row in rows]
 
     async def unfinished_request_ids(self) -> list[str]:
         rows = await self._rows(
@@ -414,11 +360,11 @@ class PostgresStore:
 
     async def image_page(self, request_id: str, after: int, limit: int) -> list[ImageRecord]:
         rows = await self._rows(
-            f"SELECT {_IMAGE_COLUMNS} FROM images WHERE request_id = %s AND id > %s "
+            f"SELECT {IMAGE_COLUMNS} FROM images WHERE request_id = %s AND id > %s "
             "ORDER BY id LIMIT %s",
             (request_id, after, limit),
         )
-        return [_image(row) for row in rows]
+        return [image_of(row) for row in rows]
 
     def request_input_blocking(self, request_id: str) -> RequestInput | None:
         with psycopg.connect(self.url, row_factory=dict_row) as conn:
@@ -607,17 +553,17 @@ class PostgresStore:
 
     async def latest_delivery(self, request_id: str) -> DeliveryRecord | None:
         row = await self._row(
-            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE request_id = %s "
+            f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE request_id = %s "
             "ORDER BY seq DESC LIMIT 1",
             (request_id,),
         )
-        return _delivery(row) if row else None
+        return delivery_of(row) if row else None
 
     async def get_delivery(self, delivery_id: str) -> tuple[DeliveryRecord, str] | None:
         row = await self._row(
-            f"SELECT {_DELIVERY_COLUMNS}, payload FROM deliveries WHERE id = %s", (delivery_id,)
+            f"SELECT {DELIVERY_COLUMNS}, payload FROM deliveries WHERE id = %s", (delivery_id,)
         )
-        return (_delivery(row), str(row["payload"])) if row else None
+        return (delivery_of(row), str(row["payload"])) if row else None
 
     async def record_attempt(
         self,

@@ -16,7 +16,6 @@ Rows are read by column name (sqlite3.Row), never by position.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import logging
 import os
@@ -26,7 +25,7 @@ from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequen
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, closing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import aiosqlite
 
@@ -52,11 +51,16 @@ from csvcompress.store.base import (
     RequestMove,
     StoreUnavailable,
 )
-
-if TYPE_CHECKING:
-    from _typeshed import DataclassInstance
-
-T = TypeVar("T", bound="DataclassInstance")
+from csvcompress.store.rows import (
+    COUNT_COLUMNS,
+    DELIVERY_COLUMNS,
+    IMAGE_COLUMNS,
+    REQUEST_COLUMNS,
+    counts_of,
+    delivery_of,
+    image_of,
+    request_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -148,20 +152,6 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
-# Named as the records' fields, so rows become records by name (see _record).
-_REQUEST_COLUMNS = (
-    "request_id AS id, status, webhook_url, output_file_path, error, rows, created_at, "
-    "updated_at, bytes_in, bytes_out, file_name, processing_seconds, processing_since"
-)
-_COUNT_COLUMNS = (
-    "images_total AS total, images_succeeded AS succeeded, images_failed AS failed, "
-    "images_skipped AS skipped"
-)
-_DELIVERY_COLUMNS = "id, request_id, url, state, attempts, next_attempt_at, last_status, last_error"
-_IMAGE_COLUMNS = (
-    "id, row, position, url, status, output_url, error, error_code, bytes_in, bytes_out"
-)
-
 
 def _marks(values: Collection[object]) -> str:
     """The "?, ?, ?" of an IN clause with one parameter per value."""
@@ -237,28 +227,6 @@ def migrate_blocking(conn: sqlite3.Connection) -> int:
         log.info("migrating database to schema version %d", number)
         conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
     return len(MIGRATIONS)
-
-
-def _record(cls: type[T], row: sqlite3.Row, **converted: Any) -> T:
-    """A record from a row: each field from the column of its name (see the *_COLUMNS aliases)."""
-    names = (f.name for f in dataclasses.fields(cls) if f.name not in converted)
-    return cls(**{name: row[name] for name in names}, **converted)
-
-
-def _request(row: sqlite3.Row) -> RequestRecord:
-    return _record(RequestRecord, row, status=RequestStatus(row["status"]))
-
-
-def _counts(row: sqlite3.Row) -> ImageCounts:
-    return _record(ImageCounts, row)
-
-
-def _delivery(row: sqlite3.Row) -> DeliveryRecord:
-    return _record(DeliveryRecord, row, state=DeliveryState(row["state"]))
-
-
-def _image(row: sqlite3.Row) -> ImageRecord:
-    return _record(ImageRecord, row, status=ImageStatus(row["status"]))
 
 
 class SqliteStore:
@@ -354,25 +322,25 @@ class SqliteStore:
 
     async def get_request(self, request_id: str) -> RequestRecord | None:
         row = await self._row(
-            f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE request_id = ?", (request_id,)
+            f"SELECT {REQUEST_COLUMNS} FROM requests WHERE request_id = ?", (request_id,)
         )
-        return _request(row) if row else None
+        return request_of(row) if row else None
 
     async def get_request_with_counts(
         self, request_id: str
     ) -> tuple[RequestRecord, ImageCounts] | None:
         """get_request and get_counts in one query: one trip to the database thread, not two."""
         row = await self._row(
-            f"SELECT {_REQUEST_COLUMNS}, {_COUNT_COLUMNS} FROM requests WHERE request_id = ?",
+            f"SELECT {REQUEST_COLUMNS}, {COUNT_COLUMNS} FROM requests WHERE request_id = ?",
             (request_id,),
         )
-        return (_request(row), _counts(row)) if row else None
+        return (request_of(row), counts_of(row)) if row else None
 
     async def get_counts(self, request_id: str) -> ImageCounts:
         row = await self._row(
-            f"SELECT {_COUNT_COLUMNS} FROM requests WHERE request_id = ?", (request_id,)
+            f"SELECT {COUNT_COLUMNS} FROM requests WHERE request_id = ?", (request_id,)
         )
-        return _counts(row) if row else ImageCounts()
+        return counts_of(row) if row else ImageCounts()
 
     async def list_requests(
         self, *, status: RequestStatus | None, before: int | None, limit: int
@@ -383,11 +351,11 @@ class SqliteStore:
             where.append("status = ?")
             params.append(status)
         rows = await self._rows(
-            f"SELECT id AS cursor, {_COUNT_COLUMNS}, {_REQUEST_COLUMNS} FROM requests "
+            f"SELECT id AS cursor, {COUNT_COLUMNS}, {REQUEST_COLUMNS} FROM requests "
             f"WHERE {' AND '.join(where)} ORDER BY requests.id DESC LIMIT ?",
             (*params, limit),
         )
-        return [ListedRequest(row["cursor"], _request(row), _counts(row)) for row in rows]
+        return [ListedRequest(row["cursor"], request_of(row), counts_of(row)) for row in rows]
 
     async def unfinished_request_ids(self) -> list[str]:
         rows = await self._rows(
@@ -418,11 +386,11 @@ class SqliteStore:
 
     async def image_page(self, request_id: str, after: int, limit: int) -> list[ImageRecord]:
         rows = await self._rows(
-            f"SELECT {_IMAGE_COLUMNS} FROM images WHERE request_id = ? AND id > ? "
+            f"SELECT {IMAGE_COLUMNS} FROM images WHERE request_id = ? AND id > ? "
             "ORDER BY id LIMIT ?",
             (request_id, after, limit),
         )
-        return [_image(row) for row in rows]
+        return [image_of(row) for row in rows]
 
     def request_input_blocking(self, request_id: str) -> RequestInput | None:
         with closing(connect_blocking(self.path)) as conn:
@@ -549,17 +517,17 @@ class SqliteStore:
 
     async def latest_delivery(self, request_id: str) -> DeliveryRecord | None:
         row = await self._row(
-            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE request_id = ? "
+            f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE request_id = ? "
             "ORDER BY created_at DESC, rowid DESC LIMIT 1",
             (request_id,),
         )
-        return _delivery(row) if row else None
+        return delivery_of(row) if row else None
 
     async def get_delivery(self, delivery_id: str) -> tuple[DeliveryRecord, str] | None:
         row = await self._row(
-            f"SELECT {_DELIVERY_COLUMNS}, payload FROM deliveries WHERE id = ?", (delivery_id,)
+            f"SELECT {DELIVERY_COLUMNS}, payload FROM deliveries WHERE id = ?", (delivery_id,)
         )
-        return (_delivery(row), str(row["payload"])) if row else None
+        return (delivery_of(row), str(row["payload"])) if row else None
 
     async def record_attempt(
         self,

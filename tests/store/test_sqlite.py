@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from csvcompress.errors import Conflict
 from csvcompress.jobs import lifecycle
 from csvcompress.jobs.lifecycle import Lifecycle
 from csvcompress.models import (
@@ -341,7 +342,8 @@ async def test_retry_puts_failed_and_skipped_images_back_and_drops_the_delivery(
 ) -> None:
     add_request(store, "r1", webhook_url="https://hooks.example/x")
     life = Lifecycle(store)
-    assert await life.retry("r1") is None  # not finished: nothing to retry yet
+    with pytest.raises(Conflict, match="r1 is pending; only a finished request can be retried"):
+        await life.retry("r1")
     a, b, c = await store.pending_images("r1", 0, 10)
     await life.record([(a, ok(a)), (b, failed(b)), (c, failed(c))])
     assert await life.finish("r1", "out.csv")
