@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from typing import Any
 
 from aiohttp import web
 
+from csvcompress import logs
 from csvcompress.config import Settings
 from csvcompress.http.keys import SERVICE, SETTINGS, Service
 from csvcompress.http.middleware import middlewares
 from csvcompress.http.routes import add_routes
+from csvcompress.http.uploads import UPLOAD_SLOTS, UploadSlots
 from csvcompress.jobs.dispatcher import InProcessDispatcher
 from csvcompress.jobs.lifecycle import Lifecycle
 from csvcompress.jobs.output import Finisher
@@ -68,9 +71,25 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+def runner_options(settings: Settings) -> dict[str, Any]:
+    """How the service's HTTP server treats connections, for every runner that serves it.
+
+    aiohttp's keep-alive timer runs from the moment a connection opens, and closes a
+    connection still waiting for a whole request when it fires, so it is the limit on
+    sending headers (a client trickling them a byte a second is cut off) as well as on
+    idle kept-alive connections.
+    """
+    return {
+        "access_log_class": logs.AccessLogger,
+        "keepalive_timeout": settings.limits.header_timeout,
+    }
+
+
 def create_app(settings: Settings) -> web.Application:
+    logs.quiet_client_faults()
     app = web.Application(middlewares=middlewares(settings.server), client_max_size=1024 * 1024)
     app[SETTINGS] = settings
+    app[UPLOAD_SLOTS] = UploadSlots(settings.limits.max_uploads_in_progress)
     add_routes(app)
     app.cleanup_ctx.append(_service_ctx)
     return app

@@ -210,9 +210,24 @@ class LimitSettings:
     max_images: int = 1_000_000
     # How many problems a refused CSV lists at most.
     max_problems: int = 50
+    # Seconds a client has to send a request's headers (from connecting, or from the end
+    # of its previous request); also how long an idle kept-alive connection stays open.
+    header_timeout: float = 15.0
+    # Seconds an upload's whole body may take to arrive.
+    upload_timeout: float = 600.0
+    # Uploads being received at once; more answer 503 with Retry-After.
+    max_uploads_in_progress: int = 16
 
     def validate(self) -> None:
-        for name in ("max_upload_bytes", "max_rows", "max_images", "max_problems"):
+        for name in (
+            "max_upload_bytes",
+            "max_rows",
+            "max_images",
+            "max_problems",
+            "header_timeout",
+            "upload_timeout",
+            "max_uploads_in_progress",
+        ):
             _check(getattr(self, name) > 0, f"limits.{name}", "must be positive")
 
 

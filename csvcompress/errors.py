@@ -90,9 +90,27 @@ class Unauthorized(CsvCompressError):
         return {"WWW-Authenticate": self.CHALLENGE}
 
 
+class ClientGone(CsvCompressError):
+    """The client closed the connection before its request was read; the answer is
+    written to no one (aiohttp's "client closed request" has no status of its own)."""
+
+    status = 400
+    code = "client_gone"
+
+    def __init__(self) -> None:
+        super().__init__("the connection was closed before the request was read")
+
+
 class NotFound(CsvCompressError):
     status = 404
     code = "not_found"
+
+
+class RequestTimeout(CsvCompressError):
+    """The client took longer than allowed to send its request body."""
+
+    status = 408
+    code = "request_timeout"
 
 
 class Conflict(CsvCompressError):
@@ -103,6 +121,13 @@ class Conflict(CsvCompressError):
 class PayloadTooLarge(CsvCompressError):
     status = 413
     code = "too_large"
+
+
+class InsufficientStorage(CsvCompressError):
+    """The disk the service writes to is full (ENOSPC, EDQUOT, SQLITE_FULL)."""
+
+    status = 507
+    code = "disk_full"
 
 
 class ServiceUnavailable(CsvCompressError):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import logging
 import os
 import socket
 import sqlite3
@@ -19,7 +20,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from csvcompress.app import create_app
+from csvcompress.app import create_app, runner_options
 from csvcompress.config import ENV_PREFIX, Settings, replace_settings
 from tests.servers import HOST, Listener, Origin, Receiver, Served, serve
 from tests.waiting import RequestWaits
@@ -208,7 +209,7 @@ async def create_service(tmp_path: Path) -> AsyncIterator[ServiceFactory]:
         try:
             sock.bind((HOST, 0))
             settings = make_settings(tmp_path, sock.getsockname()[1], **sections)
-            served = await serve(create_app(settings), sock=sock)
+            served = await serve(create_app(settings), sock=sock, **runner_options(settings))
         except BaseException:  # refused settings, a service that would not start
             sock.close()
             raise
@@ -232,3 +233,9 @@ def csv_bytes(
     writer.writerow(header)
     writer.writerows(rows)
     return out.getvalue().encode()
+
+
+def assert_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    """What a user reading the log checks: no traceback, no ERROR line."""
+    bad = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert not bad, [f"{r.levelname} {r.name}: {r.getMessage()}" for r in bad]

@@ -19,8 +19,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from csvcompress import logs
-from csvcompress.app import create_app
+from csvcompress.app import create_app, runner_options
 from csvcompress.config import Settings
 from csvcompress.http.keys import SERVICE
 
@@ -65,7 +64,7 @@ async def serve(settings: Settings, announce: Callable[[str], None] = print) -> 
         app,
         handle_signals=False,
         shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT,
-        access_log_class=logs.AccessLogger,
+        **runner_options(settings),
     )
     await runner.setup()
     signals = _Signals()

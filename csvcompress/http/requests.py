@@ -44,6 +44,8 @@ REQUESTS_PAGE = (20, 100)
 """Default and largest `limit` of GET /requests."""
 IMAGES_PAGE = (100, 1000)
 """Default and largest `limit` of GET /requests/{id}/images."""
+MAX_CURSOR = 2**63 - 1
+"""Cursors are row ids: SQLite's largest integer is the largest cursor."""
 # Documents that change while a client polls or pages through them: never cached.
 NO_STORE = {"Cache-Control": "no-store"}
 
@@ -114,23 +116,37 @@ async def output_csv(request: web.Request) -> web.FileResponse:
     )
 
 
+def whole_number(raw: str, largest: int) -> int | None:
+    """`raw` as a number from 0 to `largest`, or None: ASCII digits only.
+
+    str.isdigit() alone accepts digits int() refuses ("²") and strings of any length;
+    a value is judged by its length first, so thousands of digits cost nothing.
+    """
+    if not raw or len(raw) > len(str(largest)) or not (raw.isascii() and raw.isdigit()):
+        return None
+    value = int(raw)
+    return value if value <= largest else None
+
+
 def _limit(request: web.Request, page: tuple[int, int]) -> int:
     default, largest = page
     raw = request.query.get("limit", "")
     if not raw:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= largest:
+    value = whole_number(raw, largest)
+    if value is None or value < 1:
         raise BadRequest(f"limit must be a whole number from 1 to {largest}")
-    return int(raw)
+    return value
 
 
 def _cursor(request: web.Request) -> int | None:
     raw = request.query.get("cursor", "")
     if not raw:
         return None
-    if not raw.isdigit():
+    value = whole_number(raw, MAX_CURSOR)
+    if value is None:
         raise BadRequest("cursor must be a next_cursor value from a previous page")
-    return int(raw)
+    return value
 
 
 def _status_filter(request: web.Request) -> RequestStatus | None:
