@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from csvcompress import logs
 from csvcompress.config import Settings
+from csvcompress.datadir import DataDirLock, access_advice, remove_partial_uploads
+from csvcompress.errors import StartupError
 from csvcompress.http.keys import SERVICE, SETTINGS, Service
 from csvcompress.http.middleware import middlewares
 from csvcompress.http.routes import add_routes
@@ -39,10 +42,18 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     # Whatever opened is closed again, in reverse order, even when a later step fails
     # the start: an open aiosqlite thread would otherwise keep the process from exiting.
     async with AsyncExitStack() as stack:
+        # Before anything reads the data directory: one service at a time works on it.
+        lock = DataDirLock(settings.data_dir)
+        lock.acquire()
+        stack.callback(lock.release)
+        remove_partial_uploads(settings.uploads_dir)
         store = create_store(settings)
         await store.open()
         stack.push_async_callback(store.close)
-        await storage.start()
+        try:
+            await storage.start()
+        except OSError as exc:
+            raise StartupError(access_advice(Path(settings.storage.dir), exc)) from None
         stack.push_async_callback(storage.close)
         guard = NetGuard(settings.fetch)
         session = create_session(settings.fetch, guard)

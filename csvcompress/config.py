@@ -349,6 +349,11 @@ class Settings:
         return Path(self.database.path).parent
 
     @property
+    def uploads_dir(self) -> Path:
+        """Directory holding the uploaded CSVs (and `*.csv.part` while one arrives)."""
+        return self.data_dir / "uploads"
+
+    @property
     def outputs_dir(self) -> Path:
         """Directory holding the output CSVs."""
         return self.data_dir / "outputs"

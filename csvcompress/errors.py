@@ -45,6 +45,13 @@ class ConfigError(CsvCompressError):
     code = "config"
 
 
+class StartupError(CsvCompressError):
+    """The service cannot start (its port, data directory or database); `message` is
+    one line naming the port, file or directory and what to do."""
+
+    code = "startup"
+
+
 # --- HTTP API -----------------------------------------------------------------
 
 

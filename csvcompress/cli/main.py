@@ -12,7 +12,7 @@ from pathlib import Path
 
 from csvcompress import logs
 from csvcompress.config import LogSettings, load_settings
-from csvcompress.errors import ConfigError
+from csvcompress.errors import ConfigError, StartupError
 
 log = logging.getLogger("csvcompress")
 
@@ -134,6 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except ConfigError as exc:
         print(f"csvcompress: configuration error: {exc.message}", file=sys.stderr)
+        return 2
+    except StartupError as exc:
+        print(f"csvcompress: cannot start: {exc.message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ncsvcompress: interrupted (a submitted request goes on)", file=sys.stderr)

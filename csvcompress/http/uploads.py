@@ -209,7 +209,7 @@ async def receive(request: web.Request, settings: Settings) -> tuple[Path, str |
         raise BadRequest(
             "send the CSV as multipart/form-data with the file in a field named 'file'"
         )
-    uploads = settings.data_dir / "uploads"
+    uploads = settings.uploads_dir
     await asyncio.to_thread(uploads.mkdir, parents=True, exist_ok=True)
     form = _Form(webhook=request.query.get(WEBHOOK_FIELD) or None)
     try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import functools
 import logging
 import os
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import aiosqlite
 
 from csvcompress.clock import now_iso
+from csvcompress.errors import StartupError
 from csvcompress.models import (
     FINISHED_STATUSES,
     UNFINISHED_STATUSES,
@@ -260,7 +262,10 @@ class SqliteStore:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(self._migrate)
+        try:
+            await asyncio.to_thread(self._migrate)
+        except sqlite3.DatabaseError as exc:
+            raise StartupError(self._open_advice(exc)) from None
         conn = await aiosqlite.connect(str(self.path), isolation_level=None)
         conn.row_factory = sqlite3.Row
         await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -270,6 +275,20 @@ class SqliteStore:
         loop = asyncio.get_running_loop()
         self._results_conn = await loop.run_in_executor(
             self._results_thread, connect_blocking, self.path
+        )
+
+    def _open_advice(self, exc: sqlite3.DatabaseError) -> str:
+        """One line on why the database file cannot be used, and what to do."""
+        if isinstance(exc, sqlite3.OperationalError):
+            if is_disk_full(exc):
+                return f"no space left for the database {self.path}; free some space"
+            return (
+                f"cannot open the database {self.path}: {exc}; give the user running "
+                f"csvcompress (uid {os.getuid()}) read and write access to it and its directory"
+            )
+        return (
+            f"the database {self.path} is not a SQLite database or is damaged ({exc}); "
+            "move it aside to start with an empty one, or restore it from a backup"
         )
 
     def _migrate(self) -> None:
@@ -690,6 +709,14 @@ def record_results_blocking(
         raise
     conn.execute("COMMIT")
     return changed
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether a write failed for lack of space (SQLITE_FULL, or ENOSPC/EDQUOT)."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return code == sqlite3.SQLITE_FULL or "database or disk is full" in str(exc)
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 class NotWritable(Exception):
