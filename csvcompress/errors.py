@@ -131,10 +131,12 @@ class PayloadTooLarge(CsvCompressError):
 
 
 class InsufficientStorage(CsvCompressError):
-    """The disk the service writes to is full (ENOSPC, EDQUOT, SQLITE_FULL)."""
+    """The disk the service writes to is full (ENOSPC, EDQUOT): 507 to an upload; a
+    write the service must make is tried again for a while (retry.DISK_FULL_PATIENCE)."""
 
     status = 507
     code = "disk_full"
+    retryable = True
 
 
 class ServiceUnavailable(CsvCompressError):
@@ -150,6 +152,23 @@ class ServiceUnavailable(CsvCompressError):
     @property
     def headers(self) -> dict[str, str]:
         return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+
+
+class StoreUnavailable(ServiceUnavailable):
+    """The database cannot take writes now (read-only files, a full disk, a stuck lock).
+
+    Retryable: a write that must happen (a result, a request's final state) is tried
+    again until it succeeds (retry.keep_trying); an upload is refused with 503."""
+
+    code = "store_unavailable"
+    retryable = True
+
+
+class StoreFull(StoreUnavailable):
+    """The database's disk is full: 507 to an upload, retried by the workers."""
+
+    status = 507
+    code = "disk_full"
 
 
 class ShuttingDown(ServiceUnavailable):
@@ -240,6 +259,13 @@ class StorageFailed(StorageError):
 
     code = "storage_failed"
     retryable = False
+
+
+class StorageFull(StorageError):
+    """The storage's disk is full: the write is tried again until there is room, for
+    retry.DISK_FULL_PATIENCE seconds at most, then the image fails with this reason."""
+
+    code = "storage_full"
 
 
 class StorageRejected(StorageError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -17,9 +18,10 @@ from pathlib import Path
 
 from csvcompress import csv_input
 from csvcompress.csv_input import ImageOutcome
-from csvcompress.errors import CsvCompressError
+from csvcompress.errors import CsvCompressError, InsufficientStorage
 from csvcompress.jobs.lifecycle import Lifecycle
 from csvcompress.logs import REQUEST_ID
+from csvcompress.retry import DISK_FULL_PATIENCE, keep_trying
 from csvcompress.store.base import OutcomeRow, Store
 
 log = logging.getLogger(__name__)
@@ -70,14 +72,37 @@ class Finisher:
                 log.error("request %s drained with %d images pending", request_id, counts.pending)
             return False
         output = self.outputs_dir / f"{request_id}.csv"
+
+        async def write() -> None:
+            try:
+                await asyncio.to_thread(write_output_csv, self._store, request_id, output)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise InsufficientStorage(f"{output}: {exc.strerror}") from exc
+                raise
+
         try:
-            await asyncio.to_thread(write_output_csv, self._store, request_id, output)
+            await keep_trying(
+                write,
+                what=f"writing the output CSV of {request_id}",
+                log=log,
+                patience=DISK_FULL_PATIENCE,
+            )
         except (OSError, CsvCompressError) as exc:
             reason = getattr(exc, "message", None) or str(exc)
             log.error("request %s failed: could not write the output CSV: %s", request_id, reason)
-            await self._lifecycle.fail(request_id, f"could not write the output CSV: {reason}")
+            error = f"could not write the output CSV: {reason}"
+            await keep_trying(
+                lambda: self._lifecycle.fail(request_id, error),
+                what=f"marking request {request_id} failed",
+                log=log,
+            )
         else:
-            await self._lifecycle.finish(request_id, str(output))
+            await keep_trying(
+                lambda: self._lifecycle.finish(request_id, str(output)),
+                what=f"marking request {request_id} complete",
+                log=log,
+            )
             log.info("request %s finished: output CSV written", request_id)
         if self._on_finished is not None:
             with contextlib.suppress(Exception):

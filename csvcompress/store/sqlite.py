@@ -16,6 +16,7 @@ Rows are read by column name (sqlite3.Row), never by position.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -52,6 +53,7 @@ from csvcompress.store.base import (
     OutcomeRow,
     RequestInput,
     RequestMove,
+    StoreFull,
     StoreUnavailable,
 )
 
@@ -313,6 +315,8 @@ class SqliteStore:
                 asyncio.to_thread(check_writable_blocking, self.path, patience), patience + 1
             )
         except (sqlite3.Error, NotWritable) as exc:
+            if is_disk_full(exc):
+                raise StoreFull(f"not writable: the disk holding {self.path} is full") from None
             raise StoreUnavailable(f"not writable: {exc}") from None
         except TimeoutError:
             raise StoreUnavailable(f"no answer within {patience + 1:g} s") from None
@@ -339,14 +343,27 @@ class SqliteStore:
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT under the write lock; rolled back on any error.
+
+        A write SQLite refuses (a full disk, a read-only file, a lock held too long)
+        leaves as StoreUnavailable (StoreFull for a full disk), which callers may retry.
+        """
         async with self._write_lock:
-            await self._connection.execute("BEGIN IMMEDIATE")
+            conn = self._connection
             try:
-                yield self._connection
-            except BaseException:
-                await self._connection.execute("ROLLBACK")
+                await conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise unavailable(self.path, exc) from exc
+            try:
+                yield conn
+                await conn.execute("COMMIT")
+            except BaseException as exc:
+                # A failed COMMIT may have left the transaction open; ending it may fail too.
+                with contextlib.suppress(sqlite3.Error):
+                    await conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise unavailable(self.path, exc) from exc
                 raise
-            await self._connection.execute("COMMIT")
 
     # --- new requests (in a worker thread) ----------------------------------------
 
@@ -506,9 +523,12 @@ class SqliteStore:
         if self._results_thread is None or self._results_conn is None:
             raise RuntimeError("database is not open")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._results_thread, record_results_blocking, self._results_conn, results
-        )
+        try:
+            return await loop.run_in_executor(
+                self._results_thread, record_results_blocking, self._results_conn, results
+            )
+        except sqlite3.OperationalError as exc:
+            raise unavailable(self.path, exc) from exc
 
     # --- webhook deliveries -----------------------------------------------------
 
@@ -711,6 +731,13 @@ def record_results_blocking(
     return changed
 
 
+def unavailable(path: Path, exc: sqlite3.OperationalError) -> StoreUnavailable:
+    """What a write SQLite refused means to the service."""
+    if is_disk_full(exc):
+        return StoreFull(f"the disk holding the database {path} is full")
+    return StoreUnavailable(f"the database {path} cannot take writes: {exc}")
+
+
 def is_disk_full(exc: BaseException) -> bool:
     """Whether a write failed for lack of space (SQLITE_FULL, or ENOSPC/EDQUOT)."""
     if isinstance(exc, sqlite3.Error):
@@ -775,21 +802,29 @@ class RequestInserter:
         try:
             conn.execute("BEGIN IMMEDIATE")
             last = conn.execute("SELECT coalesce(max(id), 0) AS last FROM images").fetchone()
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            raise unavailable(Path(self._db_path), exc) from exc
         except BaseException:
             conn.close()
             raise
         self._conn, self._first_id = conn, int(last["last"]) + 1
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
         conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        try:
-            if not self._committed:
-                conn.execute("ROLLBACK")
-        finally:
-            conn.close()
+        if conn is not None:
+            try:
+                if not self._committed:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+            finally:
+                conn.close()
+        # A write SQLite refused (a full disk) leaves as the store's own error.
+        if isinstance(exc, sqlite3.OperationalError):
+            raise unavailable(Path(self._db_path), exc) from exc
 
     def add(self, row: int, urls: Sequence[str]) -> None:
         for position, url in enumerate(urls):
