@@ -226,7 +226,11 @@ PATHS: dict[str, dict[str, Any]] = {
             "operationId": "cancelOrDelete",
             "summary": "Cancel an unfinished request, or remove a finished one with its files",
             "responses": {
-                "200": _json(_ref("Status"), "Cancelled: the status document."),
+                "200": _json(
+                    _ref("Status"),
+                    "Being cancelled: the status document (`cancelling` until the output CSV is"
+                    " written, then `cancelled`).",
+                ),
                 "204": {"description": "Removed, with its images, CSVs and rows."},
                 "404": _error("No such request."),
                 "409": _error("Still being finished, or it finished before the cancel."),

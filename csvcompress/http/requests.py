@@ -15,7 +15,8 @@ Controlling:
   images in flight finish but their results are dropped, the output CSV is
   written with what was done (skipped images say so in the Errors column), the
   status becomes `cancelled` and the webhook `request.cancelled` is sent.
-  The answer is 200 with the status document.
+  The answer is 200 with the status document, saying `cancelling` until the output
+  CSV is written; DELETE while it says so is 409.
 - DELETE on a finished request (complete, failed, cancelled) removes it, its
   output images, its CSVs and its rows: 204.
 - POST /requests/{id}/retry on a finished request puts its failed images (and
@@ -167,6 +168,11 @@ async def delete_request(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     request_id = request.match_info["request_id"]
     record = await _find(service, request_id)
+    if record.status is RequestStatus.CANCELLING:
+        raise Conflict(
+            f"request {request_id} is being cancelled: its output CSV is being written; "
+            "try again in a moment"
+        )
     if not record.status.finished:
         if not await service.dispatcher.cancel(request_id):
             raise Conflict(
