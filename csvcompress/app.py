@@ -65,7 +65,11 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         processor = Processor(settings, Fetcher(settings.fetch, session), storage, pool, metrics)
         lifecycle = Lifecycle(store)
         finisher = Finisher(
-            store, lifecycle, settings.outputs_dir, on_finished=webhooks.request_finished
+            store,
+            lifecycle,
+            settings.outputs_dir,
+            on_finished=webhooks.request_finished,
+            escape_formulas=settings.output.escape_formulas,
         )
         dispatcher = InProcessDispatcher(settings, store, processor, finisher, lifecycle, metrics)
         retention = Retention(settings, store, storage, dispatcher)

@@ -309,6 +309,14 @@ class RetentionSettings:
 
 
 @dataclass(frozen=True)
+class OutputSettings:
+    # Prefix a cell beginning with = + - @, a tab or a CR with ' (OWASP's advice against
+    # CSV injection), so a spreadsheet shows it as text instead of running it as a formula.
+    # Off: the output carries the user's data exactly.
+    escape_formulas: bool = False
+
+
+@dataclass(frozen=True)
 class LogSettings:
     level: str = "info"
     format: str = "text"
@@ -333,6 +341,7 @@ class Settings:
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
     workers: WorkerSettings = field(default_factory=WorkerSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    output: OutputSettings = field(default_factory=OutputSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
     def validate(self) -> Settings:

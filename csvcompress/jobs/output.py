@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 FinishedCallback = Callable[[str], Awaitable[None]]
 
 
-def write_output_csv(store: Store, request_id: str, output: Path) -> None:
+def write_output_csv(
+    store: Store, request_id: str, output: Path, *, escape_formulas: bool = False
+) -> None:
     """Stream the input CSV and the recorded outcomes into the output CSV (runs in a thread)."""
     stored = store.request_input_blocking(request_id)
     if stored is None:
@@ -38,7 +40,7 @@ def write_output_csv(store: Store, request_id: str, output: Path) -> None:
     # validate() passed this file at upload; its header is all that is needed now.
     summary = csv_input.accepted_summary(input_path, stored.rows, stored.images)
     outcomes = _group_by_row(store.image_outcomes_blocking(request_id))
-    csv_input.write_output(input_path, output, summary, outcomes)
+    csv_input.write_output(input_path, output, summary, outcomes, escape_formulas=escape_formulas)
 
 
 def _group_by_row(rows: Iterable[OutcomeRow]) -> Iterator[tuple[int, list[ImageOutcome]]]:
@@ -53,11 +55,14 @@ class Finisher:
         lifecycle: Lifecycle,
         outputs_dir: Path,
         on_finished: FinishedCallback | None = None,
+        *,
+        escape_formulas: bool = False,
     ) -> None:
         self._store = store
         self._lifecycle = lifecycle
         self.outputs_dir = outputs_dir
         self._on_finished = on_finished
+        self._escape_formulas = escape_formulas
 
     async def finish(self, request_id: str, *, stopping: bool = False) -> bool:
         """Write the output CSV, then mark the request finished, then notify.
@@ -75,7 +80,13 @@ class Finisher:
 
         async def write() -> None:
             try:
-                await asyncio.to_thread(write_output_csv, self._store, request_id, output)
+                await asyncio.to_thread(
+                    write_output_csv,
+                    self._store,
+                    request_id,
+                    output,
+                    escape_formulas=self._escape_formulas,
+                )
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise InsufficientStorage(f"{output}: {exc.strerror}") from exc
