@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from csvcompress.http.keys import SERVICE
-from csvcompress.http.requests import IMAGES_PAGE, REQUESTS_PAGE
+from csvcompress.http.requests import CURSOR_DIGITS, IMAGES_PAGE, REQUESTS_PAGE
 from csvcompress.models import DeliveryState, ImageStatus, RequestStatus
 
 OPENAPI_VERSION = "3.1.0"
@@ -203,7 +203,11 @@ def _limit(default: int, largest: int) -> Schema:
     return _query("limit", schema, "Items per page.")
 
 
-_CURSOR_PARAM = _query("cursor", _STRING, "`next_cursor` of the previous page.")
+_CURSOR_PARAM = _query(
+    "cursor",
+    {"type": "string", "pattern": f"^[0-9]{{0,{CURSOR_DIGITS}}}$"},
+    "`next_cursor` of the previous page (digits); empty (or left out): the first page.",
+)
 _HTML = {"text/html": {"schema": _STRING}}
 
 PATHS: dict[str, dict[str, Any]] = {
@@ -314,8 +318,8 @@ PATHS: dict[str, dict[str, Any]] = {
             "parameters": [
                 _query(
                     "status",
-                    {"type": "string", "enum": [s.value for s in RequestStatus]},
-                    "Only requests in this state.",
+                    {"type": "string", "enum": [*(s.value for s in RequestStatus), ""]},
+                    "Only requests in this state; empty (or left out): every state.",
                 ),
                 _limit(*REQUESTS_PAGE),
                 _CURSOR_PARAM,

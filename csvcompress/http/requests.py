@@ -45,8 +45,10 @@ REQUESTS_PAGE = (20, 100)
 """Default and largest `limit` of GET /requests."""
 IMAGES_PAGE = (100, 1000)
 """Default and largest `limit` of GET /requests/{id}/images."""
-MAX_CURSOR = 2**63 - 1
-"""Cursors are row ids: SQLite's largest integer is the largest cursor."""
+CURSOR_DIGITS = 18
+"""Cursors are row ids, at most 18 digits: below SQLite's largest integer (19 digits), and
+a rule the OpenAPI document can state as a pattern."""
+MAX_CURSOR = 10**CURSOR_DIGITS - 1
 # Documents that change while a client polls or pages through them: never cached.
 NO_STORE = {"Cache-Control": "no-store"}
 
