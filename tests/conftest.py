@@ -46,6 +46,31 @@ def _no_settings_from_the_shell() -> Iterator[None]:
         yield
 
 
+# --- tests that name addresses off this machine -------------------------------------------
+
+LOOPBACK_ONLY = "loopback_only"
+"""Marks a test that names private, link-local or public addresses and relies on the
+network guard to keep the service from reaching them. It runs only where nothing but
+loopback can be reached (tests/test_loopback_only.py runs these tests in a network
+namespace of their own), so traffic cannot leave the machine even if the guard broke."""
+
+
+def only_loopback_reachable() -> bool:
+    """Whether this process's network namespace has no interface but loopback."""
+    return [name for _, name in socket.if_nameindex()] == ["lo"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", f"{LOOPBACK_ONLY}: run only in a loopback-only network namespace"
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker(LOOPBACK_ONLY) and not only_loopback_reachable():
+        pytest.skip("names addresses off this machine: run by tests/test_loopback_only.py")
+
+
 # --- servers the service talks to --------------------------------------------------------
 
 

@@ -141,6 +141,7 @@ REFUSED_WEBHOOKS = [
 ]
 
 
+@pytest.mark.loopback_only
 @pytest.mark.parametrize(("url", "reason"), REFUSED_WEBHOOKS)
 async def test_webhook_url_to_a_forbidden_address_is_refused_at_upload(
     create_service: ServiceFactory, url: str, reason: str
@@ -155,6 +156,7 @@ async def test_webhook_url_to_a_forbidden_address_is_refused_at_upload(
     assert list((service.settings.data_dir / "uploads").iterdir()) == []
 
 
+@pytest.mark.loopback_only
 async def test_webhook_url_in_the_query_is_checked_too(create_service: ServiceFactory) -> None:
     service = await create_service(fetch={"allowed_networks": ()})
     form = aiohttp.FormData()
