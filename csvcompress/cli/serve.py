@@ -62,17 +62,25 @@ class _Signals:
         self.received.set()
 
 
-def bind(server: ServerSettings) -> socket.socket:
-    """The listening socket, bound before anything else starts: a port in use stops the
+def bind(server: ServerSettings) -> list[socket.socket]:
+    """The listening sockets, bound before anything else starts: a port in use stops the
     start (StartupError) before any worker, webhook or log line says it is ready.
-    Connections that arrive before the service is wired wait in the listen backlog."""
+    Connections that arrive before the service is wired wait in the listen backlog.
+
+    One socket per address the host stands for ("localhost": 127.0.0.1 and ::1), as
+    aiohttp's own TCPSite binds; port 0 (any free port) binds the first address only.
+    """
+    sockets: list[socket.socket] = []
     try:
         infos = socket.getaddrinfo(
             server.host, server.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
-        family, _, _, _, address = infos[0]
-        return socket.create_server(address, family=family, backlog=LISTEN_BACKLOG)
+        addresses = list(dict.fromkeys((family, address) for family, _, _, _, address in infos))
+        for family, address in addresses[:1] if server.port == 0 else addresses:
+            sockets.append(socket.create_server(address, family=family, backlog=LISTEN_BACKLOG))
     except OSError as exc:
+        for sock in sockets:
+            sock.close()
         if exc.errno == errno.EADDRINUSE:
             raise StartupError(
                 f"port {server.port} on {server.host} is in use by another program; stop it, "
@@ -82,11 +90,12 @@ def bind(server: ServerSettings) -> socket.socket:
         raise StartupError(
             f"cannot listen on {server.host}:{server.port}: {reason}; check [server] host and port"
         ) from None
+    return sockets
 
 
 async def serve(settings: Settings, announce: Callable[[str], None] = print) -> int:
     """Run the service until a stop signal; returns the exit status."""
-    sock = bind(settings.server)
+    sockets = bind(settings.server)
     app = create_app(settings)
     runner = web.AppRunner(
         app,
@@ -97,15 +106,16 @@ async def serve(settings: Settings, announce: Callable[[str], None] = print) -> 
     try:
         await runner.setup()
     except BaseException:
-        sock.close()
+        for sock in sockets:
+            sock.close()
         raise
     signals = _Signals()
     loop = asyncio.get_running_loop()
     try:
         for signum in STOP_SIGNALS:
             loop.add_signal_handler(signum, signals, signum)
-        site = web.SockSite(runner, sock)
-        await site.start()
+        for sock in sockets:
+            await web.SockSite(runner, sock).start()
         announce(f"csvcompress serving on {settings.server.base_url} (Ctrl+C to stop)")
         await signals.received.wait()
         await app[SERVICE].dispatcher.drain(settings.workers.shutdown_grace)

@@ -13,7 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from csvcompress.cli.serve import bind
+from csvcompress.config import ServerSettings
+from csvcompress.errors import StartupError
 from tests.procs import ServiceProcess
+from tests.servers import free_port
 
 
 def refused(line: str) -> list[str]:
@@ -117,3 +121,19 @@ async def test_a_second_service_on_the_same_data_directory_stops(tmp_path: Path)
     # Once the first has stopped, the directory is free again.
     await second.start()
     assert await second.stop(timeout=30) == 0
+
+
+def test_the_port_is_bound_on_every_address_the_host_stands_for() -> None:
+    port = free_port()
+    expected = {
+        address[:2]
+        for *_, address in socket.getaddrinfo("localhost", port, type=socket.SOCK_STREAM)
+    }
+    sockets = bind(ServerSettings(host="localhost", port=port))
+    try:
+        assert {sock.getsockname()[:2] for sock in sockets} == expected
+        with pytest.raises(StartupError, match=f"port {port} on localhost is in use"):
+            bind(ServerSettings(host="localhost", port=port))
+    finally:
+        for sock in sockets:
+            sock.close()
