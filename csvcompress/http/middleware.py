@@ -67,7 +67,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         error = HTTPRefused(exc.status, exc.reason, kept)
     except asyncio.CancelledError:
         raise
-    except ConnectionError as exc:
+    except ConnectionResetError as exc:
         # The client went away mid-request (an upload cut off): its business, one line.
         log.info("client went away during %s %s: %s", request.method, request.path, exc)
         error = ClientGone()
