@@ -302,9 +302,24 @@ class LimitSettings:
     max_images: int = 1_000_000
     # How many problems a refused CSV lists at most.
     max_problems: int = 50
+    # Seconds a client has to send a request's headers (from connecting, or from the end
+    # of its previous request); also how long an idle kept-alive connection stays open.
+    header_timeout: float = 15.0
+    # Seconds an upload's whole body may take to arrive.
+    upload_timeout: float = 600.0
+    # Uploads being received at once; more answer 503 with Retry-After.
+    max_uploads_in_progress: int = 16
 
     def validate(self) -> None:
-        for name in ("max_upload_bytes", "max_rows", "max_images", "max_problems"):
+        for name in (
+            "max_upload_bytes",
+            "max_rows",
+            "max_images",
+            "max_problems",
+            "header_timeout",
+            "upload_timeout",
+            "max_uploads_in_progress",
+        ):
             _check(getattr(self, name) > 0, f"limits.{name}", "must be positive")
 
 
@@ -386,6 +401,14 @@ class RetentionSettings:
 
 
 @dataclass(frozen=True)
+class OutputSettings:
+    # Prefix a cell beginning with = + - @, a tab or a CR with ' (OWASP's advice against
+    # CSV injection), so a spreadsheet shows it as text instead of running it as a formula.
+    # Off: the output carries the user's data exactly.
+    escape_formulas: bool = False
+
+
+@dataclass(frozen=True)
 class LogSettings:
     level: str = "info"
     format: str = "text"
@@ -411,6 +434,7 @@ class Settings:
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
     workers: WorkerSettings = field(default_factory=WorkerSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    output: OutputSettings = field(default_factory=OutputSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
     def validate(self) -> Settings:
@@ -449,6 +473,11 @@ class Settings:
     def data_dir(self) -> Path:
         """Directory holding the database, uploads and generated secrets."""
         return Path(self.database.path).parent
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Directory holding the uploaded CSVs (and `*.csv.part` while one arrives)."""
+        return self.data_dir / "uploads"
 
     @property
     def outputs_dir(self) -> Path:

@@ -706,13 +706,35 @@ class _Outcomes:
             raise ValueError(f"outcomes for row {self._next[0]}, which the CSV does not have")
 
 
+# What makes a spreadsheet read a cell as a formula (OWASP, "CSV Injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def escape_formula(cell: str) -> str:
+    """`cell` with a leading ' if a spreadsheet would run it as a formula."""
+    return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
+
+
+def _escape_all(cells: list[str]) -> list[str]:
+    return [escape_formula(cell) for cell in cells]
+
+
+def _unchanged(cells: list[str]) -> list[str]:
+    return cells
+
+
 def write_output(
     input_path: Path,
     output_path: Path,
     summary: CsvSummary,
     outcomes: Iterable[tuple[int, Sequence[ImageOutcome]]],
+    *,
+    escape_formulas: bool = False,
 ) -> None:
     """Write the input rows with the "Output Image Urls" and "Errors" cells, atomically.
+
+    With `escape_formulas`, every cell a spreadsheet would take for a formula gets a
+    leading ' (see `escape_formula`).
 
     `outcomes` yields (row index, that row's outcomes sorted by position) in row
     order; a row it skips gets empty cells. The file is UTF-8 without BOM, CRLF
@@ -728,12 +750,13 @@ def write_output(
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as out, _open_text(input_path) as f:
             writer = csv.writer(out, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n")
-            writer.writerow(header)
+            escape = _escape_all if escape_formulas else _unchanged
+            writer.writerow(escape(header))
             for index, _line, row in _data_rows(f, input_path, summary.header):
                 cells = row[:width] + [""] * (len(header) - min(len(row), width))
                 slots = len(split_urls(cells[summary.url_column]))
                 cells[urls_at], cells[errors_at] = _result_cells(slots, pending.take(index))
-                writer.writerow(cells)
+                writer.writerow(escape(cells))
             pending.finish()
             out.flush()
             os.fsync(out.fileno())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from csvcompress.clock import iso_from_unix
 from csvcompress.models import (
@@ -43,6 +44,16 @@ def output_csv_url(base_url: str, request_id: str) -> str:
     return f"{base_url}/requests/{request_id}/output.csv"
 
 
+def shown_url(url: str) -> str:
+    """A URL as documents show it: credentials in its user-info part are replaced by
+    `***`, so a password in a webhook URL is used for the delivery but never echoed."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
 def delivery_document(delivery: DeliveryRecord | None) -> dict[str, Any] | None:
     """A webhook delivery as /status shows it; `id` is the webhook-id header it is sent with.
 
@@ -56,7 +67,7 @@ def delivery_document(delivery: DeliveryRecord | None) -> dict[str, Any] | None:
     next_at = delivery.next_attempt_at if pending else None
     return {
         "id": delivery.id,
-        "url": delivery.url,
+        "url": shown_url(delivery.url),
         "state": delivery.state.value,
         "attempts": delivery.attempts,
         "last_status": delivery.last_status,
@@ -109,7 +120,7 @@ def status_document(
     doc["webhook"] = delivery_document(delivery) if record.webhook_url else None
     if record.webhook_url and delivery is None:
         # The webhook is sent once the request finishes; until then it is waiting.
-        doc["webhook"] = {"url": record.webhook_url, "state": "waiting", "attempts": 0}
+        doc["webhook"] = {"url": shown_url(record.webhook_url), "state": "waiting", "attempts": 0}
     return doc
 
 

@@ -45,6 +45,13 @@ class ConfigError(CsvCompressError):
     code = "config"
 
 
+class StartupError(CsvCompressError):
+    """The service cannot start (its port, data directory or database); `message` is
+    one line naming the port, file or directory and what to do."""
+
+    code = "startup"
+
+
 # --- HTTP API -----------------------------------------------------------------
 
 
@@ -90,9 +97,27 @@ class Unauthorized(CsvCompressError):
         return {"WWW-Authenticate": self.CHALLENGE}
 
 
+class ClientGone(CsvCompressError):
+    """The client closed the connection before its request was read; the answer is
+    written to no one (aiohttp's "client closed request" has no status of its own)."""
+
+    status = 400
+    code = "client_gone"
+
+    def __init__(self) -> None:
+        super().__init__("the connection was closed before the request was read")
+
+
 class NotFound(CsvCompressError):
     status = 404
     code = "not_found"
+
+
+class RequestTimeout(CsvCompressError):
+    """The client took longer than allowed to send its request body."""
+
+    status = 408
+    code = "request_timeout"
 
 
 class Conflict(CsvCompressError):
@@ -103,6 +128,15 @@ class Conflict(CsvCompressError):
 class PayloadTooLarge(CsvCompressError):
     status = 413
     code = "too_large"
+
+
+class InsufficientStorage(CsvCompressError):
+    """The disk the service writes to is full (ENOSPC, EDQUOT): 507 to an upload; a
+    write the service must make is tried again for a while (retry.DISK_FULL_PATIENCE)."""
+
+    status = 507
+    code = "disk_full"
+    retryable = True
 
 
 class ServiceUnavailable(CsvCompressError):
@@ -118,6 +152,23 @@ class ServiceUnavailable(CsvCompressError):
     @property
     def headers(self) -> dict[str, str]:
         return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+
+
+class StoreUnavailable(ServiceUnavailable):
+    """The database cannot take writes now (read-only files, a full disk, a stuck lock).
+
+    Retryable: a write that must happen (a result, a request's final state) is tried
+    again until it succeeds (retry.keep_trying); an upload is refused with 503."""
+
+    code = "store_unavailable"
+    retryable = True
+
+
+class StoreFull(StoreUnavailable):
+    """The database's disk is full: 507 to an upload, retried by the workers."""
+
+    status = 507
+    code = "disk_full"
 
 
 class ShuttingDown(ServiceUnavailable):
@@ -208,6 +259,13 @@ class StorageFailed(StorageError):
 
     code = "storage_failed"
     retryable = False
+
+
+class StorageFull(StorageError):
+    """The storage's disk is full: the write is tried again until there is room, for
+    retry.DISK_FULL_PATIENCE seconds at most, then the image fails with this reason."""
+
+    code = "storage_full"
 
 
 class StorageRejected(StorageError):

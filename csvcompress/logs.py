@@ -28,7 +28,9 @@ from typing import IO
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_log import AccessLogger as AiohttpAccessLogger
+from aiohttp.web_protocol import RequestPayloadError
 from pythonjsonlogger.json import JsonFormatter
 
 from csvcompress.config import LogSettings, Settings
@@ -125,13 +127,53 @@ class AccessLogger(AiohttpAccessLogger):
     """aiohttp's access log line, carrying the request ID the URL names."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        match_info = getattr(request, "match_info", None)
-        request_id = match_info.get("request_id") if match_info is not None else None
+        request_id = _named_request(request)
         if request_id is None:
             super().log(request, response, time)
             return
         with request_context(request_id):
             super().log(request, response, time)
+
+
+def _named_request(request: web.BaseRequest) -> str | None:
+    """The request ID the URL names, if it was routed at all: a request aiohttp refused
+    before routing (a malformed request line) has no match_info, and asking raises
+    AssertionError, not AttributeError."""
+    try:
+        match_info = request.match_info  # type: ignore[attr-defined]
+    except (AttributeError, AssertionError):
+        return None
+    found = match_info.get("request_id") if match_info is not None else None
+    return found if isinstance(found, str) else None
+
+
+CLIENT_FAULTS = (HttpProcessingError, RequestPayloadError, ConnectionError)
+"""What a client alone causes (a malformed request, a body that does not decode, going
+away): one INFO line each, never a traceback, so no one can flood the log."""
+
+
+class ClientFaultFilter(logging.Filter):
+    """On aiohttp's server logger: a client's fault becomes one INFO line without its
+    traceback (aiohttp logs each at ERROR, with the parser's stack)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, CLIENT_FAULTS):
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            record.msg = f"{record.getMessage()}: {reason}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno = logging.INFO
+            record.levelname = logging.getLevelName(logging.INFO)
+        return True
+
+
+def quiet_client_faults() -> None:
+    """Install ClientFaultFilter on aiohttp's server logger (once, whoever calls)."""
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ClientFaultFilter) for f in server.filters):
+        server.addFilter(ClientFaultFilter())
 
 
 class TextFormatter(logging.Formatter):

@@ -11,6 +11,10 @@ class RequestStatus(StrEnum):
     PROCESSING = "processing"
     COMPLETE = "complete"
     FAILED = "failed"
+    # DELETE /requests/{id} was taken: images without a result are skipped, and the output
+    # CSV is being written; it becomes `cancelled` once it is (a final status always comes
+    # with its output).
+    CANCELLING = "cancelling"
     # Stopped by DELETE /requests/{id}: images without a result were skipped.
     CANCELLED = "cancelled"
 

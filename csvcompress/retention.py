@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 from csvcompress.clock import iso_days_before
 from csvcompress.config import Settings
+from csvcompress.datadir import remove_partial_uploads
 from csvcompress.errors import StorageError
 from csvcompress.jobs.dispatcher import Dispatcher
 from csvcompress.logs import request_context
@@ -41,6 +42,9 @@ class Retention:
         self._settings = settings.retention
         self._outputs_dir = settings.outputs_dir
         self._thumbnails_dir = settings.thumbnails_dir
+        self._uploads_dir = settings.uploads_dir
+        # A partial upload unchanged for longer than an upload may take was abandoned.
+        self._partial_after = settings.limits.upload_timeout
         self._store = store
         self._storage = storage
         self._queue = queue
@@ -49,8 +53,8 @@ class Retention:
         self._removing: set[str] = set()
 
     async def start(self) -> None:
-        if self._settings.days > 0:
-            self._task = asyncio.create_task(self._run(), name="retention")
+        # Even with days = 0 (keep every request), abandoned partial uploads are swept.
+        self._task = asyncio.create_task(self._run(), name="retention")
 
     async def close(self) -> None:
         if self._task is not None:
@@ -65,6 +69,9 @@ class Retention:
     async def _run(self) -> None:
         while True:
             try:
+                await asyncio.to_thread(
+                    remove_partial_uploads, self._uploads_dir, self._partial_after
+                )
                 await self.sweep(datetime.now(UTC))
             except asyncio.CancelledError:
                 raise

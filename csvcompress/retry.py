@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import logging
 import math
 import random
 from collections.abc import Awaitable, Callable
@@ -75,6 +76,57 @@ def parse_retry_after(
             when = when.replace(tzinfo=UTC)
         seconds = (when - (now or datetime.now(UTC))).total_seconds()
     return min(max(seconds, 0.0), cap)
+
+
+# keep_trying: the first wait, and the longest, between tries of a write that must happen.
+KEEP_TRYING_FIRST = 0.1
+KEEP_TRYING_LONGEST = 5.0
+# Seconds a write is retried while its disk stays full before the image or request fails
+# with the reason: long enough for an operator to free space, short enough to be seen.
+DISK_FULL_PATIENCE = 300.0
+
+
+async def keep_trying(
+    call: Callable[[], Awaitable[T]],
+    *,
+    what: str,
+    log: logging.Logger,
+    give_up: Callable[[], bool] = lambda: False,
+    patience: float | None = None,
+    first: float = KEEP_TRYING_FIRST,
+    longest: float = KEEP_TRYING_LONGEST,
+) -> T:
+    """`await call()` until it does not fail with a retryable error, waiting `first`
+    seconds doubling up to `longest` between tries; for a write that must happen (an
+    image's result, a request's final state) and that only something outside the
+    service prevents for a while (a full disk).
+
+    One WARNING when it starts failing, one INFO when it works again: a long outage is
+    two lines, not a flood. Once `give_up()` says so (the service stops), or after
+    `patience` seconds of failures, the last error is raised instead of trying again.
+    """
+    failures = 0
+    wait = first
+    loop = asyncio.get_running_loop()
+    deadline = None if patience is None else loop.time() + patience
+    while True:
+        try:
+            result = await call()
+        except Exception as exc:
+            out_of_time = deadline is not None and loop.time() + wait > deadline
+            if not is_retryable(exc) or give_up() or out_of_time:
+                if failures:
+                    log.warning("%s failed for good: %s", what, exc)
+                raise
+            failures += 1
+            if failures == 1:
+                log.warning("%s failed: %s; trying again until it succeeds", what, exc)
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, longest)
+            continue
+        if failures:
+            log.info("%s succeeded after %d failed tries", what, failures)
+        return result
 
 
 @dataclass(frozen=True)

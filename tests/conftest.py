@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import logging
 import os
 import socket
 import sqlite3
@@ -19,7 +20,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from csvcompress.app import create_app
+from csvcompress.app import create_app, runner_options
 from csvcompress.config import ENV_PREFIX, Settings, replace_settings
 from tests.servers import HOST, Listener, Origin, Receiver, Served, serve
 from tests.waiting import RequestWaits
@@ -43,6 +44,31 @@ def _no_settings_from_the_shell() -> Iterator[None]:
             if name.startswith(ENV_PREFIX) and name not in TEST_SWITCHES:
                 patch.delenv(name)
         yield
+
+
+# --- tests that name addresses off this machine -------------------------------------------
+
+LOOPBACK_ONLY = "loopback_only"
+"""Marks a test that names private, link-local or public addresses and relies on the
+network guard to keep the service from reaching them. It runs only where nothing but
+loopback can be reached (tests/test_loopback_only.py runs these tests in a network
+namespace of their own), so traffic cannot leave the machine even if the guard broke."""
+
+
+def only_loopback_reachable() -> bool:
+    """Whether this process's network namespace has no interface but loopback."""
+    return [name for _, name in socket.if_nameindex()] == ["lo"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", f"{LOOPBACK_ONLY}: run only in a loopback-only network namespace"
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker(LOOPBACK_ONLY) and not only_loopback_reachable():
+        pytest.skip("names addresses off this machine: run by tests/test_loopback_only.py")
 
 
 # --- servers the service talks to --------------------------------------------------------
@@ -208,7 +234,7 @@ async def create_service(tmp_path: Path) -> AsyncIterator[ServiceFactory]:
         try:
             sock.bind((HOST, 0))
             settings = make_settings(tmp_path, sock.getsockname()[1], **sections)
-            served = await serve(create_app(settings), sock=sock)
+            served = await serve(create_app(settings), sock=sock, **runner_options(settings))
         except BaseException:  # refused settings, a service that would not start
             sock.close()
             raise
@@ -241,3 +267,9 @@ def refused(address: str) -> str:
         f"address not allowed: {address} (private and loopback addresses are refused; "
         "allow a network with [fetch] allowed_networks)"
     )
+
+
+def assert_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    """What a user reading the log checks: no traceback, no ERROR line."""
+    bad = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert not bad, [f"{r.levelname} {r.name}: {r.getMessage()}" for r in bad]

@@ -108,6 +108,16 @@ class ServiceProcess(RequestWaits):
         self.kill()
         raise AssertionError(f"service did not start:\n{self.log()}")
 
+    async def start_refused(self, *, drop_root_overrides: bool = False) -> tuple[int, str]:
+        """Start the process expecting it to refuse to start: its exit code and its log."""
+        args = ["-m", "csvcompress", "--config", str(self.config), "serve"]
+        if drop_root_overrides and os.geteuid() == 0:
+            args = ["-c", _DROP_ROOT_OVERRIDES, *args]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, *args], stdout=log, stderr=log)
+        code = await self.exit_code(START_TIMEOUT)
+        return code, self.log()
+
     @property
     def pid(self) -> int:
         assert self.proc is not None

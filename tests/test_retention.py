@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from csvcompress.clock import iso_days_before
 from csvcompress.http.keys import SERVICE
@@ -93,3 +96,29 @@ async def test_days_zero_keeps_everything(create_service: ServiceFactory, origin
     assert await retention.sweep(datetime.now(UTC) + timedelta(days=3650)) == 0
     assert service.rows(request_id)["requests"] == 1
     assert all(path.exists() for path in service.files(request_id))
+
+
+async def test_partial_uploads_left_by_a_kill_are_removed_at_start_and_by_the_sweep(
+    create_service: ServiceFactory, tmp_path: Path
+) -> None:
+    # What a kill during an upload leaves behind, found by the next start.
+    uploads = tmp_path / "data" / "uploads"
+    uploads.mkdir(parents=True)
+    (uploads / "left-by-a-kill.csv.part").write_bytes(b"1,Shirt,http://x/a.jpg\r\n" * 1000)
+    (uploads / "kept.csv").write_bytes(b"an accepted upload stays")
+    service = await create_service(
+        retention={"days": 0, "interval": 0.1}, limits={"upload_timeout": 60.0}
+    )
+    assert service.settings.uploads_dir == uploads
+    assert sorted(p.name for p in uploads.iterdir()) == ["kept.csv"]
+
+    # While it runs: one abandoned longer ago than an upload may take, one in progress.
+    abandoned = uploads / "abandoned.csv.part"
+    abandoned.write_bytes(b"x")
+    an_hour_ago = time.time() - 3600
+    os.utime(abandoned, (an_hour_ago, an_hour_ago))
+    arriving = uploads / "arriving.csv.part"
+    arriving.write_bytes(b"x")
+
+    await poll(lambda: not abandoned.exists(), what="the sweep to remove the abandoned file")
+    assert arriving.exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from datetime import UTC, datetime, timedelta
@@ -16,8 +17,15 @@ from csvcompress.errors import (
     ImageRejected,
     StorageError,
     StorageFailed,
+    StoreFull,
 )
-from csvcompress.retry import MAX_RETRY_AFTER, Backoff, is_retryable, parse_retry_after
+from csvcompress.retry import (
+    MAX_RETRY_AFTER,
+    Backoff,
+    is_retryable,
+    keep_trying,
+    parse_retry_after,
+)
 
 # --- Retry-After ---------------------------------------------------------------------------
 
@@ -174,3 +182,39 @@ async def test_run_after_attempts_made_elsewhere_waits_first_and_makes_the_rest(
     assert script.calls == 2
     assert script.waits == [0.2]
     assert time.monotonic() - started >= 0.29  # the loop may wake a hair early
+
+
+async def test_keep_trying_waits_out_a_retryable_error_and_says_so_twice(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log = logging.getLogger("tests.keep_trying")
+    failures = [StoreFull("the disk holding the database x is full")] * 3
+
+    async def write() -> str:
+        if failures:
+            raise failures.pop()
+        return "stored"
+
+    caplog.set_level(logging.INFO, logger=log.name)
+    assert await keep_trying(write, what="writing", log=log, first=0.001) == "stored"
+    assert [r.getMessage() for r in caplog.records] == [
+        "writing failed: the disk holding the database x is full; trying again until it succeeds",
+        "writing succeeded after 3 failed tries",
+    ]
+
+
+async def test_keep_trying_gives_up_after_its_patience_or_when_told() -> None:
+    log = logging.getLogger("tests.keep_trying")
+
+    async def full() -> None:
+        raise StoreFull("full")
+
+    async def bug() -> None:
+        raise RuntimeError("not retryable")
+
+    with pytest.raises(StoreFull):
+        await keep_trying(full, what="w", log=log, patience=0.05, first=0.01)
+    with pytest.raises(StoreFull):
+        await keep_trying(full, what="w", log=log, give_up=lambda: True)
+    with pytest.raises(RuntimeError):
+        await keep_trying(bug, what="w", log=log)

@@ -47,6 +47,9 @@ from tests.procs import ServiceProcess
 from tests.servers import Listener, Origin
 from tests.waiting import poll
 
+# Attacks name private, link-local and public addresses: loopback-only namespace.
+pytestmark = pytest.mark.loopback_only
+
 ORIGIN_HOST = "127.0.0.3"
 MAX_BYTES = 8 * 1024 * 1024
 FETCH_TIMEOUT = 1.0

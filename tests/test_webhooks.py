@@ -250,6 +250,7 @@ async def finish_directly(service: Service, request_id: str, webhook_url: str) -
     await running.webhooks.request_finished(request_id)
 
 
+@pytest.mark.loopback_only
 async def test_forbidden_address_is_refused_at_delivery(create_service: ServiceFactory) -> None:
     # Uploads refuse such a URL up front; the guard refuses it again when dialling,
     # for an address that only became forbidden later (DNS changed, settings changed).

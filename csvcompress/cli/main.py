@@ -13,7 +13,7 @@ from pathlib import Path
 from csvcompress import logs
 from csvcompress.cli.client import ClientError, server_url
 from csvcompress.config import LogSettings, load_settings
-from csvcompress.errors import ConfigError
+from csvcompress.errors import ConfigError, StartupError
 
 log = logging.getLogger("csvcompress")
 
@@ -179,6 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except ClientError as exc:  # a bad option value (--server), said in one line
         print(f"csvcompress: {exc.message}", file=sys.stderr)
+        return 2
+    except StartupError as exc:
+        print(f"csvcompress: cannot start: {exc.message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ncsvcompress: interrupted (a submitted request goes on)", file=sys.stderr)

@@ -9,6 +9,7 @@ the backend (StorageError), and answers 404 too.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from aiohttp import web
 
@@ -23,6 +24,15 @@ FILE_TYPES = {extension: content_type for content_type, extension in imaging.MED
 FILE_CACHE_CONTROL = "public, max-age=86400"
 
 
+def is_file(path: Path) -> bool:
+    """Whether `path` is a file; False for any path the file system refuses to look up
+    (a name over NAME_MAX or PATH_MAX, a component that is a file), not an OSError."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 async def stored_file(request: web.Request) -> web.FileResponse:
     storage = request.app[SERVICE].storage
     try:
@@ -32,7 +42,7 @@ async def stored_file(request: web.Request) -> web.FileResponse:
     if path is None:
         raise NotFound("no such file")
     content_type = FILE_TYPES.get(path.suffix.lower())
-    if content_type is None or not await asyncio.to_thread(path.is_file):
+    if content_type is None or not await asyncio.to_thread(is_file, path):
         raise NotFound("no such file")
     return web.FileResponse(
         path, headers={"Content-Type": content_type, "Cache-Control": FILE_CACHE_CONTROL}

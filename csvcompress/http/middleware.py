@@ -22,7 +22,13 @@ from aiohttp.typedefs import Handler, Middleware
 
 from csvcompress import logs
 from csvcompress.config import ServerSettings
-from csvcompress.errors import CsvCompressError, HTTPRefused, ShuttingDown
+from csvcompress.errors import (
+    ClientGone,
+    CsvCompressError,
+    HTTPRefused,
+    RequestTimeout,
+    ShuttingDown,
+)
 from csvcompress.http import auth
 from csvcompress.http.keys import SERVICE
 
@@ -61,10 +67,26 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         error = HTTPRefused(exc.status, exc.reason, kept)
     except asyncio.CancelledError:
         raise
+    except ConnectionResetError as exc:
+        # The client went away mid-request (an upload cut off): its business, one line.
+        log.info("client went away during %s %s: %s", request.method, request.path, exc)
+        error = ClientGone()
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         error = CsvCompressError("internal error")
-    return web.json_response(error.to_json(), status=error.status, headers=error.headers)
+    response = web.json_response(error.to_json(), status=error.status, headers=error.headers)
+    if request.content.exception() is not None or isinstance(error, RequestTimeout):
+        _drop_unread_body(request, response)
+    return response
+
+
+def _drop_unread_body(request: web.Request, response: web.StreamResponse) -> None:
+    """A body that broke mid-way (it does not decode as its Content-Encoding says) or
+    that was too slow to arrive is not read to its end: answer, then close the
+    connection. Marked ended, so aiohttp does not linger reading the rest after the
+    answer (and log a broken body's error as unhandled)."""
+    request.content.feed_eof()
+    response.force_close()
 
 
 @web.middleware

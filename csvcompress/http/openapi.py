@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from csvcompress.http.keys import SERVICE
-from csvcompress.http.requests import IMAGES_PAGE, REQUESTS_PAGE
+from csvcompress.http.requests import CURSOR_DIGITS, IMAGES_PAGE, REQUESTS_PAGE
 from csvcompress.models import DeliveryState, ImageStatus, RequestStatus
 
 OPENAPI_VERSION = "3.1.0"
@@ -218,7 +218,11 @@ def _limit(default: int, largest: int) -> Schema:
     return _query("limit", schema, "Items per page.")
 
 
-_CURSOR_PARAM = _query("cursor", _STRING, "`next_cursor` of the previous page.")
+_CURSOR_PARAM = _query(
+    "cursor",
+    {"type": "string", "pattern": f"^[0-9]{{0,{CURSOR_DIGITS}}}$"},
+    "`next_cursor` of the previous page (digits); empty (or left out): the first page.",
+)
 _HTML = {"text/html": {"schema": _STRING}}
 
 PATHS: dict[str, dict[str, Any]] = {
@@ -241,7 +245,11 @@ PATHS: dict[str, dict[str, Any]] = {
             "operationId": "cancelOrDelete",
             "summary": "Cancel an unfinished request, or remove a finished one with its files",
             "responses": {
-                "200": _json(_ref("Status"), "Cancelled: the status document."),
+                "200": _json(
+                    _ref("Status"),
+                    "Being cancelled: the status document (`cancelling` until the output CSV is"
+                    " written, then `cancelled`).",
+                ),
                 "204": {"description": "Removed, with its images, CSVs and rows."},
                 "404": _error("No such request."),
                 "409": _error("Still being finished, or it finished before the cancel."),
@@ -325,8 +333,8 @@ PATHS: dict[str, dict[str, Any]] = {
             "parameters": [
                 _query(
                     "status",
-                    {"type": "string", "enum": [s.value for s in RequestStatus]},
-                    "Only requests in this state.",
+                    {"type": "string", "enum": [*(s.value for s in RequestStatus), ""]},
+                    "Only requests in this state; empty (or left out): every state.",
                 ),
                 _limit(*REQUESTS_PAGE),
                 _CURSOR_PARAM,

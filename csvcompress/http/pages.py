@@ -17,6 +17,7 @@ from pathlib import Path
 from aiohttp import web
 
 from csvcompress.errors import NotFound
+from csvcompress.http.files import is_file
 from csvcompress.models import UNFINISHED_STATUSES
 
 STATIC_DIR = Path(__file__).parent.parent / "static"
@@ -80,7 +81,7 @@ async def asset(request: web.Request) -> web.StreamResponse:
     path = STATIC_DIR / name
     content_type = ASSET_TYPES.get(path.suffix)
     # The route pattern has no "/", so the name cannot leave STATIC_DIR.
-    if content_type is None or not await asyncio.to_thread(path.is_file):
+    if content_type is None or not await asyncio.to_thread(is_file, path):
         raise NotFound("no such file")
     return web.FileResponse(
         path,

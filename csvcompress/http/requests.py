@@ -15,7 +15,8 @@ Controlling:
   images in flight finish but their results are dropped, the output CSV is
   written with what was done (skipped images say so in the Errors column), the
   status becomes `cancelled` and the webhook `request.cancelled` is sent.
-  The answer is 200 with the status document.
+  The answer is 200 with the status document, saying `cancelling` until the output
+  CSV is written; DELETE while it says so is 409.
 - DELETE on a finished request (complete, failed, cancelled) removes it, its
   output images, its CSVs and its rows: 204.
 - POST /requests/{id}/retry on a finished request puts its failed images (and
@@ -44,6 +45,10 @@ REQUESTS_PAGE = (20, 100)
 """Default and largest `limit` of GET /requests."""
 IMAGES_PAGE = (100, 1000)
 """Default and largest `limit` of GET /requests/{id}/images."""
+CURSOR_DIGITS = 18
+"""Cursors are row ids, at most 18 digits: below SQLite's largest integer (19 digits), and
+a rule the OpenAPI document can state as a pattern."""
+MAX_CURSOR = 10**CURSOR_DIGITS - 1
 # Documents that change while a client polls or pages through them: never cached.
 NO_STORE = {"Cache-Control": "no-store"}
 
@@ -123,23 +128,37 @@ async def output_csv(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def whole_number(raw: str, largest: int) -> int | None:
+    """`raw` as a number from 0 to `largest`, or None: ASCII digits only.
+
+    str.isdigit() alone accepts digits int() refuses ("²") and strings of any length;
+    a value is judged by its length first, so thousands of digits cost nothing.
+    """
+    if not raw or len(raw) > len(str(largest)) or not (raw.isascii() and raw.isdigit()):
+        return None
+    value = int(raw)
+    return value if value <= largest else None
+
+
 def _limit(request: web.Request, page: tuple[int, int]) -> int:
     default, largest = page
     raw = request.query.get("limit", "")
     if not raw:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= largest:
+    value = whole_number(raw, largest)
+    if value is None or value < 1:
         raise BadRequest(f"limit must be a whole number from 1 to {largest}")
-    return int(raw)
+    return value
 
 
 def _cursor(request: web.Request) -> int | None:
     raw = request.query.get("cursor", "")
     if not raw:
         return None
-    if not raw.isdigit():
+    value = whole_number(raw, MAX_CURSOR)
+    if value is None:
         raise BadRequest("cursor must be a next_cursor value from a previous page")
-    return int(raw)
+    return value
 
 
 def _status_filter(request: web.Request) -> RequestStatus | None:
@@ -160,6 +179,11 @@ async def delete_request(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     request_id = request.match_info["request_id"]
     record = await _find(service, request_id)
+    if record.status is RequestStatus.CANCELLING:
+        raise Conflict(
+            f"request {request_id} is being cancelled: its output CSV is being written; "
+            "try again in a moment"
+        )
     if not record.status.finished:
         if not await service.dispatcher.cancel(request_id):
             raise Conflict(

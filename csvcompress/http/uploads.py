@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import ipaddress
 import os
 import uuid
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -27,12 +30,20 @@ from urllib.parse import unquote, urlsplit
 import aiofiles
 from aiohttp import BodyPartReader, MultipartReader, StreamReader, web
 from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.web_protocol import RequestPayloadError
 from yarl import URL
 
 from csvcompress import csv_input
 from csvcompress.config import LimitSettings, Settings
 from csvcompress.documents import upload_accepted_document
-from csvcompress.errors import AddressNotAllowed, BadRequest, PayloadTooLarge
+from csvcompress.errors import (
+    AddressNotAllowed,
+    BadRequest,
+    InsufficientStorage,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServiceUnavailable,
+)
 from csvcompress.http.keys import SERVICE
 from csvcompress.pipeline.netguard import NetGuard, check_destination
 from csvcompress.storage import CsvFiles, LocalFiles
@@ -55,14 +66,45 @@ class Accepted:
     images: int
 
 
+class UploadSlots:
+    """How many uploads are being received at once, capped: each holds a connection, a
+    file being written and a thread while it is validated."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_progress = 0
+
+    @contextlib.contextmanager
+    def take(self) -> Iterator[None]:
+        if self.in_progress >= self.limit:
+            raise ServiceUnavailable(
+                f"{self.limit} uploads are in progress already; try again shortly",
+                retry_after=RETRY_AFTER_BUSY,
+            )
+        self.in_progress += 1
+        try:
+            yield
+        finally:
+            self.in_progress -= 1
+
+
+UPLOAD_SLOTS = web.AppKey("upload_slots", UploadSlots)
+RETRY_AFTER_BUSY = 5
+"""Seconds a client refused for too many uploads in progress is told to wait."""
+
+
 async def upload(request: web.Request) -> web.Response:
     """202 with the new request (its status URL also in Location); processing has started."""
     service = request.app[SERVICE]
     settings = service.settings
-    part_path, webhook_url, file_name = await receive(request, settings)
-    accepted = await asyncio.to_thread(
-        ingest, part_path, settings, service.store, webhook_url, file_name, service.files
-    )
+    with request.app[UPLOAD_SLOTS].take():
+        part_path, webhook_url, file_name = await _receive_in_time(request, settings)
+        try:
+            accepted = await asyncio.to_thread(
+                ingest, part_path, settings, service.store, webhook_url, file_name, service.files
+            )
+        except OSError as exc:
+            raise disk_error(exc) from None
     await service.dispatcher.submit(accepted.request_id)
     doc = upload_accepted_document(
         accepted.request_id, accepted.rows, accepted.images, settings.server.base_url
@@ -76,13 +118,44 @@ def new_request_id() -> str:
 
 
 def check_webhook_url(url: str) -> str:
+    """The URL, trimmed, or BadRequest saying what is wrong with it.
+
+    Judged whole before anything resolves or stores it: no control character (a CR/LF
+    would be stored and shown raw), a port from 1 to 65535, and a host that is a valid
+    IP literal or a name the IDNA codec takes (no empty label, none over 63 characters).
+    """
     url = url.strip()
     if len(url) > MAX_WEBHOOK_URL_LENGTH:
         raise BadRequest(f"webhook_url is longer than {MAX_WEBHOOK_URL_LENGTH} characters")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        raise BadRequest("webhook_url must not contain control characters (CR, LF, tab, ...)")
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError as exc:  # "Invalid IPv6 URL", a port out of range
+        raise BadRequest(f"webhook_url is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not host:
         raise BadRequest("webhook_url must be an absolute http:// or https:// URL")
+    if port == 0:
+        raise BadRequest("webhook_url port must be from 1 to 65535")
+    _check_webhook_host(host)
     return url
+
+
+def _check_webhook_host(host: str) -> None:
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise BadRequest(f"webhook_url has an invalid IPv6 address: {host}") from None
+        return
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        raise BadRequest(
+            "webhook_url has an invalid host name: each dot-separated label must be "
+            "1 to 63 characters"
+        ) from None
 
 
 async def check_webhook_destination(url: str, guard: NetGuard) -> None:
@@ -105,8 +178,31 @@ async def check_webhook_destination(url: str, guard: NetGuard) -> None:
         raise BadRequest(
             f"{prefix}: looking up {host} took longer than {WEBHOOK_RESOLVE_TIMEOUT:g} s"
         ) from None
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a name the resolver's IDNA codec refuses
         raise BadRequest(f"{prefix}: cannot resolve {host}") from None
+
+
+async def _receive_in_time(
+    request: web.Request, settings: Settings
+) -> tuple[Path, str | None, str | None]:
+    """receive(), cut off (408) once the body has taken `limits.upload_timeout` seconds."""
+    limit = settings.limits.upload_timeout
+    try:
+        async with asyncio.timeout(limit):
+            return await receive(request, settings)
+    except TimeoutError:
+        raise RequestTimeout(f"the upload took longer than {limit:g} s; it was cut off") from None
+    except OSError as exc:
+        raise disk_error(exc) from None
+
+
+def disk_error(exc: OSError) -> Exception:
+    """What an upload's OSError means to the client: a full disk is 507, not 500."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientStorage(
+            "the service's disk is full; the upload was not stored. Try again later"
+        )
+    return exc
 
 
 async def receive(request: web.Request, settings: Settings) -> tuple[Path, str | None, str | None]:
@@ -118,7 +214,7 @@ async def receive(request: web.Request, settings: Settings) -> tuple[Path, str |
         raise BadRequest(
             "send the CSV as multipart/form-data with the file in a field named 'file'"
         )
-    uploads = settings.data_dir / "uploads"
+    uploads = settings.uploads_dir
     await asyncio.to_thread(uploads.mkdir, parents=True, exist_ok=True)
     form = _Form(webhook=request.query.get(WEBHOOK_FIELD) or None)
     try:
@@ -171,6 +267,12 @@ async def _read_form(
     except (ValueError, BadHttpMessage) as exc:
         # aiohttp's multipart reader says "malformed" with these.
         raise BadRequest(f"the multipart/form-data body is malformed: {exc}") from None
+    except RequestPayloadError:
+        # The body could not be decoded as its Content-Encoding says (aiohttp decodes it).
+        encoding = request.headers.get("Content-Encoding", "")
+        raise BadRequest(
+            f"the body could not be decoded as its Content-Encoding ({encoding}) says"
+        ) from None
 
 
 class _CappedBody:

@@ -36,12 +36,14 @@ from csvcompress.jobs.recorder import ResultRecorder
 from csvcompress.logs import REQUEST_ID
 from csvcompress.metrics import Metrics
 from csvcompress.models import ImageJob
-from csvcompress.store.base import Store
+from csvcompress.store.base import Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 # How many pending images are read from the store per request at a time.
 BATCH_SIZE = 64
+# Seconds before the pending images of a request that drained without them are queued again.
+REQUEUE_DELAY = 5.0
 
 
 class Dispatcher(Protocol):
@@ -152,11 +154,21 @@ class Scheduler:
                 self._active.move_to_end(request_id)
                 entry.in_flight += 1
                 if not entry.started:
-                    entry.started = True
-                    await self._lifecycle.start(request_id)
+                    entry.started = await self._start(request_id)
                 return entry.buffer.popleft()
             self._maybe_drained(entry)
         return None
+
+    async def _start(self, request_id: str) -> bool:
+        """pending -> processing; False (tried again with its next image) when the store
+        cannot take the write now: the image goes ahead, and a request still pending
+        when it finishes moves straight to complete."""
+        try:
+            await self._lifecycle.start(request_id)
+        except StoreUnavailable as exc:
+            log.warning("request %s: cannot mark it processing now: %s", request_id, exc.message)
+            return False
+        return True
 
     async def _refill(self, entry: _Active) -> None:
         entry.loading = True
@@ -335,4 +347,14 @@ class InProcessDispatcher:
 
     async def _finish(self, request_id: str) -> None:
         self._processor.forget(request_id)
-        await self._finisher.finish(request_id, stopping=self.stopping)
+        finished = await self._finisher.finish(request_id, stopping=self.stopping)
+        if not finished and not self.stopping:
+            # Images are still pending (an error kept their results from being recorded):
+            # the request is not left in `processing` while the service runs; its pending
+            # images go back in the queue after a pause.
+            log.warning(
+                "request %s: queueing its pending images again in %g s", request_id, REQUEUE_DELAY
+            )
+            await asyncio.sleep(REQUEUE_DELAY)
+            if not self.stopping:
+                await self._scheduler.add(request_id)

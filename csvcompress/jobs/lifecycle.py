@@ -7,10 +7,13 @@ both win: the loser sees False/None and the caller decides what that means.
 
     pending --start--> processing --finish--> complete
        |                   |       --fail----> failed
-       +------cancel-------+-----------------> cancelled
+       +------cancel-------+--> cancelling --finish | fail--> cancelled
     complete | failed | cancelled --retry--> pending
 
-A cancelled request stays cancelled when its output is written (finish or fail).
+A cancel is final only once the output CSV is written: until then the request says
+`cancelling`, so a client that stops polling at a final status always finds its CSV.
+(A request cancelled by an earlier version, `cancelled` before its output was written,
+stays cancelled when its output is written.)
 Images: pending --succeed/fail/skip--> succeeded/failed/skipped; failed and
 skipped --retry--> pending.
 """
@@ -57,17 +60,20 @@ class ImageEvent(StrEnum):
 
 _P, _R, _C = RequestStatus.PENDING, RequestStatus.PROCESSING, RequestStatus.COMPLETE
 _F, _X = RequestStatus.FAILED, RequestStatus.CANCELLED
+_K = RequestStatus.CANCELLING
 
 REQUEST_TRANSITIONS: Mapping[tuple[RequestStatus, RequestEvent], RequestStatus] = {
     (_P, RequestEvent.START): _R,
     (_P, RequestEvent.FINISH): _C,
     (_R, RequestEvent.FINISH): _C,
+    (_K, RequestEvent.FINISH): _X,
     (_X, RequestEvent.FINISH): _X,
     (_P, RequestEvent.FAIL): _F,
     (_R, RequestEvent.FAIL): _F,
+    (_K, RequestEvent.FAIL): _X,
     (_X, RequestEvent.FAIL): _X,
-    (_P, RequestEvent.CANCEL): _X,
-    (_R, RequestEvent.CANCEL): _X,
+    (_P, RequestEvent.CANCEL): _K,
+    (_R, RequestEvent.CANCEL): _K,
     (_C, RequestEvent.RETRY): _P,
     (_F, RequestEvent.RETRY): _P,
     (_X, RequestEvent.RETRY): _P,

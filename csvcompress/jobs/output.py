@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -17,9 +18,10 @@ from pathlib import Path
 
 from csvcompress import csv_input
 from csvcompress.csv_input import ImageOutcome
-from csvcompress.errors import CsvCompressError
+from csvcompress.errors import CsvCompressError, InsufficientStorage
 from csvcompress.jobs.lifecycle import Lifecycle
 from csvcompress.logs import REQUEST_ID
+from csvcompress.retry import DISK_FULL_PATIENCE, keep_trying
 from csvcompress.storage.files import CsvFiles, LocalFiles
 from csvcompress.store.base import OutcomeRow, Store
 
@@ -29,7 +31,12 @@ FinishedCallback = Callable[[str], Awaitable[None]]
 
 
 def write_output_csv(
-    store: Store, request_id: str, output: Path, files: CsvFiles | None = None
+    store: Store,
+    request_id: str,
+    output: Path,
+    files: CsvFiles | None = None,
+    *,
+    escape_formulas: bool = False,
 ) -> str:
     """Stream the input CSV and the recorded outcomes into the output CSV (runs in a thread);
     returns the output's reference (`files` keeps it: its path, or where it was moved)."""
@@ -41,7 +48,9 @@ def write_output_csv(
         # validate() passed this file at upload; its header is all that is needed now.
         summary = csv_input.accepted_summary(input_path, stored.rows, stored.images)
         outcomes = _group_by_row(store.image_outcomes_blocking(request_id))
-        csv_input.write_output(input_path, output, summary, outcomes)
+        csv_input.write_output(
+            input_path, output, summary, outcomes, escape_formulas=escape_formulas
+        )
     return files.keep_blocking(output, f"outputs/{request_id}.csv")
 
 
@@ -58,12 +67,15 @@ class Finisher:
         outputs_dir: Path,
         on_finished: FinishedCallback | None = None,
         files: CsvFiles | None = None,
+        *,
+        escape_formulas: bool = False,
     ) -> None:
         self._store = store
         self._lifecycle = lifecycle
         self.outputs_dir = outputs_dir
         self._on_finished = on_finished
         self._files = files or LocalFiles()
+        self._escape_formulas = escape_formulas
 
     async def finish(self, request_id: str, *, stopping: bool = False) -> bool:
         """Write the output CSV, then mark the request finished, then notify.
@@ -78,16 +90,44 @@ class Finisher:
                 log.error("request %s drained with %d images pending", request_id, counts.pending)
             return False
         output = self.outputs_dir / f"{request_id}.csv"
+
+        async def write() -> str:
+            try:
+                return await asyncio.to_thread(
+                    write_output_csv,
+                    self._store,
+                    request_id,
+                    output,
+                    self._files,
+                    escape_formulas=self._escape_formulas,
+                )
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise InsufficientStorage(f"{output}: {exc.strerror}") from exc
+                raise
+
         try:
-            kept = await asyncio.to_thread(
-                write_output_csv, self._store, request_id, output, self._files
+            kept = await keep_trying(
+                write,
+                what=f"writing the output CSV of {request_id}",
+                log=log,
+                patience=DISK_FULL_PATIENCE,
             )
         except (OSError, CsvCompressError) as exc:
             reason = getattr(exc, "message", None) or str(exc)
             log.error("request %s failed: could not write the output CSV: %s", request_id, reason)
-            await self._lifecycle.fail(request_id, f"could not write the output CSV: {reason}")
+            error = f"could not write the output CSV: {reason}"
+            await keep_trying(
+                lambda: self._lifecycle.fail(request_id, error),
+                what=f"marking request {request_id} failed",
+                log=log,
+            )
         else:
-            await self._lifecycle.finish(request_id, kept)
+            await keep_trying(
+                lambda: self._lifecycle.finish(request_id, kept),
+                what=f"marking request {request_id} complete",
+                log=log,
+            )
             log.info("request %s finished: output CSV written", request_id)
         if self._on_finished is not None:
             with contextlib.suppress(Exception):

@@ -9,14 +9,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from csvcompress.config import Settings
-from csvcompress.errors import CsvCompressError, StorageError, StorageRejected
+from csvcompress.errors import CsvCompressError, StorageError, StorageFull, StorageRejected
 from csvcompress.metrics import Metrics
 from csvcompress.models import ImageJob, ImageResult
 from csvcompress.pipeline import imaging
 from csvcompress.pipeline.budget import ByteBudget, Ticket
 from csvcompress.pipeline.fetcher import Fetched, Fetcher
 from csvcompress.pipeline.inflight import InFlight, ceiling
-from csvcompress.retry import Backoff
+from csvcompress.retry import DISK_FULL_PATIENCE, Backoff, keep_trying
 from csvcompress.storage import BlockingPut, Storage
 
 log = logging.getLogger(__name__)
@@ -205,4 +205,11 @@ class Processor:
         async def put() -> str:
             return await self._storage.put(encoded.key, image.data, image.content_type)
 
-        return await STORE_RETRY.run(put, done=encoded.tried)
+        try:
+            return await STORE_RETRY.run(put, done=encoded.tried)
+        except StorageFull:
+            # A full disk: wait for room (the workers pause with it) rather than fail
+            # every image of every request within seconds.
+            return await keep_trying(
+                put, what=f"storing {encoded.key}", log=log, patience=DISK_FULL_PATIENCE
+            )

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from csvcompress.jobs.lifecycle import Lifecycle
 from csvcompress.models import ImageJob, ImageResult
+from csvcompress.retry import keep_trying
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,16 @@ class ResultRecorder:
     async def _write(self, batch: list[_Pending]) -> None:
         if not batch:
             return
+        results = [(p.job, p.result) for p in batch]
         try:
-            changed = await self._lifecycle.record([(p.job, p.result) for p in batch])
+            # Results are kept until the store takes them (a full disk, until it has
+            # room again): a result dropped here would leave its request unfinished.
+            changed = await keep_trying(
+                lambda: self._lifecycle.record(results),
+                what=f"recording {len(batch)} image result(s)",
+                log=log,
+                give_up=lambda: self._closed,
+            )
         except Exception as exc:
             log.exception("could not record %d image result(s)", len(batch))
             for pending in batch:

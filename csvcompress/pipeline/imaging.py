@@ -36,7 +36,7 @@ import pyvips
 
 from csvcompress.config import ImageSettings
 from csvcompress.errors import ImageRejected
-from csvcompress.pipeline import codec, colour, memory
+from csvcompress.pipeline import colour, memory
 from csvcompress.pipeline.admission import (
     ADMISSION,
     MEDIA,
@@ -94,8 +94,6 @@ def configure(concurrency: int | None = None, pixel_budget: int | None = None) -
     `pixel_budget` caps the pixels decoded at once across all threads (0: no cap),
     and big freed buffers go back to the system at once (see memory.py).
 
-    Called with settings (the service's start), it logs which libvips and which
-    JPEG library this process runs (see codec.py).
     """
     memory.return_big_buffers()
     pyvips.cache_set_max(0)
@@ -105,8 +103,6 @@ def configure(concurrency: int | None = None, pixel_budget: int | None = None) -
         pyvips.concurrency_set(concurrency)
     if pixel_budget is not None:
         PIXELS.set_limit(pixel_budget)
-    if concurrency is not None or pixel_budget is not None:
-        codec.log_in_use()
 
 
 configure()

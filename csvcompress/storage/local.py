@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import shutil
 import uuid
@@ -12,7 +13,10 @@ from pathlib import Path, PurePosixPath
 import aiofiles
 import aiofiles.os
 
-from csvcompress.errors import StorageError
+from csvcompress.errors import StorageError, StorageFull
+
+# What a write that failed for lack of space says.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class LocalStorage:
@@ -47,7 +51,8 @@ class LocalStorage:
         try:
             _write_atomically(path, data)
         except OSError as exc:
-            raise StorageError(f"could not write {key}: {exc.strerror or exc}") from exc
+            error = StorageFull if exc.errno in DISK_FULL else StorageError
+            raise error(f"could not write {key}: {exc.strerror or exc}") from exc
         return f"{self.base_url}/{key}"
 
     async def delete_prefix(self, prefix: str) -> None:
@@ -62,7 +67,8 @@ class LocalStorage:
                 await f.write(b"ok")
             await aiofiles.os.remove(probe)
         except OSError as exc:
-            raise StorageError(f"storage directory is not writable: {exc.strerror or exc}") from exc
+            reason = exc.strerror or exc
+            raise StorageError(f"storage directory {self.root} is not writable: {reason}") from exc
 
     async def close(self) -> None:
         return None

@@ -23,6 +23,9 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
+# The database cannot take writes now: defined with the other errors, named here too.
+from csvcompress.errors import StoreFull as StoreFull
+from csvcompress.errors import StoreUnavailable as StoreUnavailable
 from csvcompress.models import (
     DeliveryRecord,
     DeliveryState,
@@ -38,10 +41,6 @@ from csvcompress.models import (
 # A status change allowed by the lifecycle: from each source status to its target.
 RequestMove = Mapping[RequestStatus, RequestStatus]
 ImageMove = Mapping[ImageStatus, ImageStatus]
-
-
-class StoreUnavailable(Exception):
-    """The database cannot take writes now (read-only files, a full disk, a stuck lock)."""
 
 
 @dataclass(frozen=True)

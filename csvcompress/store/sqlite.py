@@ -16,6 +16,8 @@ Rows are read by column name (sqlite3.Row), never by position.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import functools
 import logging
 import os
@@ -30,6 +32,7 @@ from typing import Any
 import aiosqlite
 
 from csvcompress.clock import now_iso
+from csvcompress.errors import StartupError
 from csvcompress.models import (
     FINISHED_STATUSES,
     UNFINISHED_STATUSES,
@@ -49,6 +52,7 @@ from csvcompress.store.base import (
     OutcomeRow,
     RequestInput,
     RequestMove,
+    StoreFull,
     StoreUnavailable,
 )
 from csvcompress.store.rows import (
@@ -244,7 +248,10 @@ class SqliteStore:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(self._migrate)
+        try:
+            await asyncio.to_thread(self._migrate)
+        except sqlite3.DatabaseError as exc:
+            raise StartupError(self._open_advice(exc)) from None
         conn = await aiosqlite.connect(str(self.path), isolation_level=None)
         conn.row_factory = sqlite3.Row
         await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -254,6 +261,20 @@ class SqliteStore:
         loop = asyncio.get_running_loop()
         self._results_conn = await loop.run_in_executor(
             self._results_thread, connect_blocking, self.path
+        )
+
+    def _open_advice(self, exc: sqlite3.DatabaseError) -> str:
+        """One line on why the database file cannot be used, and what to do."""
+        if isinstance(exc, sqlite3.OperationalError):
+            if is_disk_full(exc):
+                return f"no space left for the database {self.path}; free some space"
+            return (
+                f"cannot open the database {self.path}: {exc}; give the user running "
+                f"csvcompress (uid {os.getuid()}) read and write access to it and its directory"
+            )
+        return (
+            f"the database {self.path} is not a SQLite database or is damaged ({exc}); "
+            "move it aside to start with an empty one, or restore it from a backup"
         )
 
     def _migrate(self) -> None:
@@ -278,6 +299,8 @@ class SqliteStore:
                 asyncio.to_thread(check_writable_blocking, self.path, patience), patience + 1
             )
         except (sqlite3.Error, NotWritable) as exc:
+            if is_disk_full(exc):
+                raise StoreFull(f"not writable: the disk holding {self.path} is full") from None
             raise StoreUnavailable(f"not writable: {exc}") from None
         except TimeoutError:
             raise StoreUnavailable(f"no answer within {patience + 1:g} s") from None
@@ -304,14 +327,27 @@ class SqliteStore:
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT under the write lock; rolled back on any error.
+
+        A write SQLite refuses (a full disk, a read-only file, a lock held too long)
+        leaves as StoreUnavailable (StoreFull for a full disk), which callers may retry.
+        """
         async with self._write_lock:
-            await self._connection.execute("BEGIN IMMEDIATE")
+            conn = self._connection
             try:
-                yield self._connection
-            except BaseException:
-                await self._connection.execute("ROLLBACK")
+                await conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise unavailable(self.path, exc) from exc
+            try:
+                yield conn
+                await conn.execute("COMMIT")
+            except BaseException as exc:
+                # A failed COMMIT may have left the transaction open; ending it may fail too.
+                with contextlib.suppress(sqlite3.Error):
+                    await conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise unavailable(self.path, exc) from exc
                 raise
-            await self._connection.execute("COMMIT")
 
     # --- new requests (in a worker thread) ----------------------------------------
 
@@ -481,9 +517,12 @@ class SqliteStore:
         if self._results_thread is None or self._results_conn is None:
             raise RuntimeError("database is not open")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._results_thread, record_results_blocking, self._results_conn, results
-        )
+        try:
+            return await loop.run_in_executor(
+                self._results_thread, record_results_blocking, self._results_conn, results
+            )
+        except sqlite3.OperationalError as exc:
+            raise unavailable(self.path, exc) from exc
 
     # --- webhook deliveries -----------------------------------------------------
 
@@ -686,6 +725,21 @@ def record_results_blocking(
     return changed
 
 
+def unavailable(path: Path, exc: sqlite3.OperationalError) -> StoreUnavailable:
+    """What a write SQLite refused means to the service."""
+    if is_disk_full(exc):
+        return StoreFull(f"the disk holding the database {path} is full")
+    return StoreUnavailable(f"the database {path} cannot take writes: {exc}")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether a write failed for lack of space (SQLITE_FULL, or ENOSPC/EDQUOT)."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return code == sqlite3.SQLITE_FULL or "database or disk is full" in str(exc)
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 class NotWritable(Exception):
     """The database, or a file it needs, cannot be written."""
 
@@ -742,21 +796,29 @@ class RequestInserter:
         try:
             conn.execute("BEGIN IMMEDIATE")
             last = conn.execute("SELECT coalesce(max(id), 0) AS last FROM images").fetchone()
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            raise unavailable(Path(self._db_path), exc) from exc
         except BaseException:
             conn.close()
             raise
         self._conn, self._first_id = conn, int(last["last"]) + 1
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
         conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        try:
-            if not self._committed:
-                conn.execute("ROLLBACK")
-        finally:
-            conn.close()
+        if conn is not None:
+            try:
+                if not self._committed:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+            finally:
+                conn.close()
+        # A write SQLite refused (a full disk) leaves as the store's own error.
+        if isinstance(exc, sqlite3.OperationalError):
+            raise unavailable(Path(self._db_path), exc) from exc
 
     def add(self, row: int, urls: Sequence[str]) -> None:
         for position, url in enumerate(urls):

@@ -315,9 +315,11 @@ async def test_cancel_download_retry_and_delete_from_the_page(
     # Cancel, confirmed: the images in flight end, and the output CSV is offered.
     try:
         await page.click("#cancel")
-        await page.wait_for_selector("#badge >> text=cancelled")
+        # Cancelling while the images in flight end; cancelled once the CSV is written.
+        await page.wait_for_selector("#badge >> text=cancelling")
     finally:
         origin.release()
+    await page.wait_for_selector("#badge >> text=cancelled", timeout=20_000)
     assert dialogs[0].startswith("Cancel this request?")
     await page.wait_for_selector("#result:not([hidden])", timeout=20_000)
     assert "Cancelled: 3 images of 4 skipped" in await page.inner_text("#saved")

@@ -68,7 +68,8 @@ async def test_health_turns_503_when_the_database_file_is_made_read_only(
                 "status": "unhealthy",
                 "checks": {
                     "database": "ok",
-                    "storage": "storage directory is not writable: Permission denied",
+                    "storage": f"storage directory {service.storage_dir} is not writable:"
+                    " Permission denied",
                 },
             }
     finally:

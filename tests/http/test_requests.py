@@ -205,7 +205,7 @@ async def test_listing_refuses_bad_parameters(create_service: ServiceFactory) ->
     service = await create_service()
     cases = {
         "/requests?status=done": (
-            "status must be one of: pending, processing, complete, failed, cancelled"
+            "status must be one of: pending, processing, complete, failed, cancelling, cancelled"
         ),
         "/requests?limit=0": "limit must be a whole number from 1 to 100",
         "/requests?limit=101": "limit must be a whole number from 1 to 100",
@@ -298,7 +298,10 @@ async def test_cancel_skips_pending_images_writes_the_csv_and_sends_the_webhook(
 
         status, doc = await _delete(service, request_id)
         assert status == 200
-        assert doc["status"] == "cancelled"
+        # Not final until the output CSV is written: a client stopping at a final status
+        # always finds its output.
+        assert doc["status"] == "cancelling"
+        assert doc["output_csv_url"] is None
         stopped_at = doc["processing_seconds"]
         assert stopped_at > 0
         # The images in flight are skipped too: their results will be dropped.
@@ -312,10 +315,10 @@ async def test_cancel_skips_pending_images_writes_the_csv_and_sends_the_webhook(
     finally:
         origin.release()
 
-    doc = await service.wait_until(
-        request_id, lambda d: d["output_csv_url"] is not None, "the output CSV"
-    )
+    # A client polling until a final status finds the output CSV with it.
+    doc = await service.wait(request_id)
     assert doc["status"] == "cancelled"
+    assert doc["output_csv_url"] is not None
     assert doc["images"]["skipped"] == 6
     # The clock stopped at the cancel: finishing the images in flight is not processing.
     assert doc["processing_seconds"] == stopped_at
@@ -367,7 +370,7 @@ async def test_a_cancelled_request_can_be_deleted(
     request_id = await service.submit(csv_bytes([["1", "Many", ", ".join(urls)]]))
 
     status, doc = await _delete(service, request_id)
-    assert (status, doc["status"]) == (200, "cancelled")
+    assert (status, doc["status"]) == (200, "cancelling")
     await service.wait_until(
         request_id, lambda d: d["output_csv_url"] is not None, "the output CSV"
     )
@@ -443,10 +446,13 @@ async def test_retry_is_refused_when_there_is_nothing_to_retry(
     finally:
         origin.release()
     await service.wait(running)
-    assert await _retry(service, running) == (
-        409,
-        {"error": f"request {running} has no failed images to retry"},
+    # Just finished, it may still be being announced: 409 "try again in a moment" (README).
+    refused = await poll(
+        lambda: _retry(service, running),
+        until=lambda answer: "still being finished" not in answer[1]["error"],
+        what="the request to be idle",
     )
+    assert refused == (409, {"error": f"request {running} has no failed images to retry"})
     assert await _retry(service, "0" * 32) == (404, {"error": f"no request with id {'0' * 32}"})
 
 

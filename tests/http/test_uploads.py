@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -140,6 +141,7 @@ REFUSED_WEBHOOKS = [
 ]
 
 
+@pytest.mark.loopback_only
 @pytest.mark.parametrize(("url", "reason"), REFUSED_WEBHOOKS)
 async def test_webhook_url_to_a_forbidden_address_is_refused_at_upload(
     create_service: ServiceFactory, url: str, reason: str
@@ -154,6 +156,7 @@ async def test_webhook_url_to_a_forbidden_address_is_refused_at_upload(
     assert list((service.settings.data_dir / "uploads").iterdir()) == []
 
 
+@pytest.mark.loopback_only
 async def test_webhook_url_in_the_query_is_checked_too(create_service: ServiceFactory) -> None:
     service = await create_service(fetch={"allowed_networks": ()})
     form = aiohttp.FormData()
@@ -166,12 +169,16 @@ async def test_webhook_url_in_the_query_is_checked_too(create_service: ServiceFa
 
 
 async def test_allowed_networks_exempt_a_webhook_url_which_is_then_delivered(
-    create_service: ServiceFactory, origin: Origin, receiver: Receiver
+    create_service: ServiceFactory, origin: Origin, receiver: Receiver, tmp_path: Path
 ) -> None:
     """The control: with its network allowed, the same kind of URL is accepted and reached."""
     image = origin.add("a.jpg", images.photo_jpeg(32, 32))
     webhook = receiver.url.replace("127.0.0.1", "localhost")
-    closed = await create_service(fetch={"allowed_networks": ()})
+    # Two services side by side: each has a data directory of its own (each locks its own).
+    closed = await create_service(
+        fetch={"allowed_networks": ()},
+        database={"path": str(tmp_path / "closed" / "csvcompress.sqlite3")},
+    )
     refused = await closed.upload(csv_bytes([["1", "Shirt", image]]), webhook_url=webhook)
     assert refused.status == 400
 

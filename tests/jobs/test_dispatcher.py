@@ -9,11 +9,13 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pyvips
 
 from csvcompress.errors import StorageError
+from csvcompress.jobs import dispatcher
 from csvcompress.jobs.processor import Processor
 from csvcompress.models import ImageJob
 from csvcompress.pipeline import cpupool, netguard
@@ -209,3 +211,29 @@ async def test_a_write_that_keeps_failing_fails_the_image_with_the_reason(
     assert result.output_url is None
     assert result.error_code == "storage"
     assert result.error == "could not write req/1-1.jpg: Not a directory"
+
+
+async def test_a_request_drained_with_images_pending_is_queued_again(
+    create_service: ServiceFactory, origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error that keeps an image's result from being recorded leaves the image pending;
+    the request is not left in `processing` while the service runs: its pending images go
+    back in the queue (after dispatcher.REQUEUE_DELAY) and it finishes."""
+    real = Processor.process
+    calls: list[ImageJob] = []
+
+    async def failing_once(self: Processor, job: ImageJob, slot: Any = None) -> Any:
+        calls.append(job)
+        if len(calls) == 1:
+            raise RuntimeError("injected: a bug between processing and recording")
+        return await real(self, job, slot)
+
+    monkeypatch.setattr(Processor, "process", failing_once)
+    service = await create_service()
+    url = origin.add("a.jpg", images.photo_jpeg(40, 30))
+    request_id = await service.submit(csv_bytes([["1", "Shirt", url]]))
+
+    doc = await service.wait(request_id, timeout=dispatcher.REQUEUE_DELAY + 30)
+    assert doc["status"] == "complete"
+    assert doc["images"]["succeeded"] == 1
+    assert len(calls) == 2

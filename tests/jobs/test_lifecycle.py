@@ -39,19 +39,23 @@ STATUS_WRITES = {
 
 
 def test_only_an_unfinished_request_can_be_cancelled_and_only_a_finished_one_retried() -> None:
-    assert set(request_move(RequestEvent.CANCEL)) == set(UNFINISHED_STATUSES)
-    assert set(request_move(RequestEvent.CANCEL).values()) == {RequestStatus.CANCELLED}
+    # Unfinished states but cancelling itself (a second DELETE there is refused).
+    cancellable = set(UNFINISHED_STATUSES) - {RequestStatus.CANCELLING}
+    assert set(request_move(RequestEvent.CANCEL)) == cancellable
+    assert set(request_move(RequestEvent.CANCEL).values()) == {RequestStatus.CANCELLING}
     assert request_move(RequestEvent.RETRY) == dict.fromkeys(
         FINISHED_STATUSES, RequestStatus.PENDING
     )
     for status in RequestStatus:
-        assert allows(status, RequestEvent.CANCEL) is not status.finished
+        assert allows(status, RequestEvent.CANCEL) is (status in cancellable)
         assert allows(status, RequestEvent.RETRY) is status.finished
 
 
 def test_finishing_never_undoes_a_cancel() -> None:
     for event in (RequestEvent.FINISH, RequestEvent.FAIL):
         move = request_move(event)
+        # A cancel becomes final only with its output, and is never undone by it.
+        assert move[RequestStatus.CANCELLING] is RequestStatus.CANCELLED
         assert move[RequestStatus.CANCELLED] is RequestStatus.CANCELLED
         assert not any(src.finished and src is not RequestStatus.CANCELLED for src in move)
     assert request_move(RequestEvent.FINISH)[RequestStatus.PROCESSING] is RequestStatus.COMPLETE

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from csvcompress.errors import StoreFull
 from csvcompress.jobs.lifecycle import Lifecycle
 from csvcompress.jobs.recorder import ResultRecorder
 from csvcompress.models import ImageJob, ImageResult
@@ -89,23 +90,47 @@ async def test_close_writes_what_was_handed_over(database: SqliteStore) -> None:
         await recorder.record(todo[5], ok(5))
 
 
-async def test_a_failed_write_fails_the_waiting_workers_and_leaves_images_pending(
+async def test_a_write_the_database_refuses_is_tried_again_until_it_is_taken(
+    database: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk or an I/O error must not drop a result (its request would never finish):
+    the worker waits, and the write is tried again with back-off until it commits."""
+    real = sqlite.record_results_blocking
+    failures = []
+
+    def failing_twice(conn: sqlite3.Connection, results: Sequence[Any]) -> list[int]:
+        if len(failures) < 2:
+            failures.append(results)
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(conn, results)
+
+    monkeypatch.setattr(sqlite, "record_results_blocking", failing_twice)
+    recorder = ResultRecorder(Lifecycle(database))
+    await recorder.start()
+    job = (await jobs(database))[1]
+    assert await recorder.record(job, ok(job.id)) == 1
+    assert len(failures) == 2
+    await recorder.close()
+    assert (await database.get_counts(REQUEST)).succeeded == 1
+
+
+async def test_a_write_still_refused_when_the_recorder_closes_leaves_images_pending(
     database: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken(conn: sqlite3.Connection, results: Sequence[Any]) -> list[int]:
-        raise sqlite3.OperationalError("disk I/O error")
+        raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(sqlite, "record_results_blocking", broken)
     recorder = ResultRecorder(Lifecycle(database))
     await recorder.start()
     job = (await jobs(database))[1]
-    with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
-        await recorder.record(job, ok(job.id))
-    monkeypatch.undo()
-    # The writer carries on with the next batch.
-    assert await recorder.record(job, ok(job.id)) == 1
-    await recorder.close()
-    assert (await database.get_counts(REQUEST)).succeeded == 1
+    waiting = asyncio.create_task(recorder.record(job, ok(job.id)))
+    closing = asyncio.create_task(recorder.close())
+    with pytest.raises(StoreFull, match=r"the disk holding the database .* is full"):
+        await waiting
+    await closing
+    counts = await database.get_counts(REQUEST)
+    assert (counts.succeeded, counts.pending) == (0, counts.total)
 
 
 async def test_a_result_is_recorded_once_even_if_handed_over_twice(database: SqliteStore) -> None:

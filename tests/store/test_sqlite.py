@@ -272,6 +272,7 @@ async def test_listing_is_newest_first_and_pages_by_cursor(store: SqliteStore) -
         add_request(store, f"r{n}")
     life = Lifecycle(store)
     assert await life.cancel("r3")
+    assert await life.finish("r3", "out.csv")
 
     first = await store.list_requests(status=None, before=None, limit=2)
     assert [item.record.id for item in first] == ["r4", "r3"]
@@ -317,7 +318,8 @@ async def test_cancel_skips_pending_images_and_only_applies_once(store: SqliteSt
 
     found = await store.get_request_with_counts("r1")
     assert found is not None
-    assert found[0].status is RequestStatus.CANCELLED
+    assert found[0].status is RequestStatus.CANCELLING
+    assert await store.unfinished_request_ids() == ["r1"]
     assert (found[1].succeeded, found[1].skipped, found[1].pending) == (2, 2, 0)
     skipped = [i for i in await store.image_page("r1", 0, 10) if i.status is ImageStatus.SKIPPED]
     assert {(i.error, i.error_code) for i in skipped} == {
@@ -327,7 +329,7 @@ async def test_cancel_skips_pending_images_and_only_applies_once(store: SqliteSt
     _, b, _ = (await store.image_page("r1", 0, 10))[:3]
     job = ImageJob(b.id, "r1", b.row, b.position, b.url, 0)
     assert await life.record([(job, ok(job))]) == [0]
-    # Finishing a cancelled request writes its output but keeps it cancelled.
+    # Finishing a cancelling request writes its output and makes it cancelled.
     assert await life.finish("r1", "out.csv")
     record = await store.get_request("r1")
     assert record is not None and (record.status, record.output_file_path) == (
@@ -456,6 +458,7 @@ async def test_metrics_figures_cover_every_status(store: SqliteStore) -> None:
         RequestStatus.PROCESSING: 1,
         RequestStatus.COMPLETE: 0,
         RequestStatus.FAILED: 0,
+        RequestStatus.CANCELLING: 0,
         RequestStatus.CANCELLED: 0,
     }
     assert await store.queued_images() == 5
