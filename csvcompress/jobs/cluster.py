@@ -160,8 +160,9 @@ class ChunkWorker:
         self._metrics = metrics or Metrics()
         self._recorder = ResultRecorder(lifecycle)
         # Images in flight in this process, across its chunk jobs: as many as the
-        # in-process dispatcher's workers (downloads run ahead of compression).
-        self._slots = asyncio.Semaphore(settings.fetch.concurrency + settings.workers.thread_count)
+        # in-process dispatcher's workers (downloads run ahead of compression; the
+        # processor's own limit decides how many download at once).
+        self._slots = asyncio.Semaphore(processor.max_downloads + settings.workers.thread_count)
         self._runner: asyncio.Task[None] | None = None
         self._recovery: asyncio.Task[None] | None = None
         self.stopping = False
