@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -168,20 +167,6 @@ async def test_an_error_that_is_not_retryable_is_not_retried(error: BaseExceptio
         await Backoff.exponential(5, 0.0).run(script)
     assert info.value is error
     assert script.calls == 1
-
-
-@pytest.fixture
-def slept(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Every asyncio.sleep the code under test asks for, in order; none really waits."""
-    asked: list[float] = []
-    real_sleep = asyncio.sleep
-
-    async def sleep(delay: float, result: object = None) -> object:
-        asked.append(delay)
-        return await real_sleep(0, result)
-
-    monkeypatch.setattr(asyncio, "sleep", sleep)
-    return asked
 
 
 async def test_run_after_attempts_made_elsewhere_waits_first_and_makes_the_rest(
