@@ -16,6 +16,7 @@ Usage: python tests/mutation/run.py [name ...] [--jobs N]
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import re
@@ -41,6 +42,7 @@ class Outcome:
     name: str
     module: str
     tests: list[str]
+    scope: list[str]
     seconds: float = 0.0
     status: dict[str, str] = field(default_factory=dict)
     diffs: dict[str, str] = field(default_factory=dict)
@@ -67,7 +69,7 @@ def _toml_list(values: list[str]) -> str:
     return "[" + ", ".join(json.dumps(v) for v in values) + "]"
 
 
-def _stage(name: str, module: str, tests: list[str]) -> Path:
+def _stage(name: str, module: str, tests: list[str], deselect: list[str]) -> Path:
     stage = RUNS / name
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
@@ -77,10 +79,13 @@ def _stage(name: str, module: str, tests: list[str]) -> Path:
     text = (ROOT / "pyproject.toml").read_text()
     for extra_file in tomllib.loads(text)["tool"]["mutmut"].get("also_copy", []):
         shutil.copy(ROOT / extra_file, stage / extra_file)
+    shared = tomllib.loads(text)["tool"]["mutmut"].get("pytest_add_cli_args", [])
     extra = (
         f"only_mutate = {_toml_list([module])}\n"
         f"pytest_add_cli_args_test_selection = {_toml_list(tests)}\n"
+        f"pytest_add_cli_args = {_toml_list(shared + [f'--deselect={t}' for t in deselect])}\n"
     )
+    text = re.sub(r"(?m)^pytest_add_cli_args = .*\n", "", text)
     text = text.replace("[tool.mutmut]\n", "[tool.mutmut]\n" + extra, 1)
     (stage / "pyproject.toml").write_text(text)
     return stage
@@ -102,15 +107,17 @@ def run_module(
     name: str, spec: dict[str, object], jobs: int, equivalent: dict[str, str]
 ) -> Outcome:
     module, tests = str(spec["module"]), [str(t) for t in spec["tests"]]  # type: ignore[attr-defined]
-    out = Outcome(name, module, tests)
-    stage = _stage(name, module, tests)
+    scope = [str(p) for p in spec.get("mutants", [])]  # type: ignore[attr-defined]
+    deselect = [str(t) for t in spec.get("deselect", [])]  # type: ignore[attr-defined]
+    out = Outcome(name, module, tests, scope)
+    stage = _stage(name, module, tests, deselect)
     start = time.monotonic()
     print(f"== {name}: mutating {module} against {' '.join(tests)}", flush=True)
-    _mutmut(stage, "run", "--max-children", str(jobs))
+    _mutmut(stage, "run", "--max-children", str(jobs), *scope)
     out.seconds = time.monotonic() - start
     for line in _mutmut(stage, "results", "--all", "true").splitlines():
         m = re.match(r"\s*(\S+): (.+)$", line)
-        if m:
+        if m and (not scope or any(fnmatch.fnmatch(m.group(1), p) for p in scope)):
             out.status[m.group(1)] = m.group(2).strip()
     for key, why in equivalent.items():
         if out.status.get(key) in KILLED or key not in out.status:
@@ -154,6 +161,8 @@ def write_results(outcomes: list[Outcome], command: str) -> None:
         )
     for o in outcomes:
         lines += ["", f"## {o.name} (`{o.module}`)", ""]
+        if o.scope:
+            lines += ["Mutated: only " + ", ".join(f"`{p}`" for p in o.scope), ""]
         if o.stale:
             lines.append("Stale equivalent entries (no longer surviving): " + ", ".join(o.stale))
             lines.append("")
