@@ -8,6 +8,8 @@ column, and the output file: where its temporary file goes and how it is encoded
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -193,10 +195,10 @@ def test_bad_utf8_after_a_crlf_split_across_two_reads_is_on_the_right_line(
     # The scan reads 64 KiB at a time; a CRLF whose CR ends one read and LF starts the next
     # is one line end, not two.
     chunk = csv_input._SCAN_CHUNK_BYTES
-    first = HEADER.encode()
-    row = b"1,Shirt,https://cdn.example.com/1.jpg"
-    padding = chunk - len(first) - len(row) - 1  # the CR is the last byte of the first read
-    content = first + row + b"x" * padding + b"\r\n" + b"2,Hat,https://cdn.example.com/\xff\r\n"
+    first = HEADER.encode() + b"1,Shirt"
+    url = b",https://cdn.example.com/1.jpg"
+    padding = chunk - len(first) - len(url) - 1  # the CR is the last byte of the first read
+    content = first + b"x" * padding + url + b"\r\n" + b"2,Hat,https://cdn.example.com/\xff\r\n"
     assert content[chunk - 1 : chunk + 1] == b"\r\n"
     path = write(tmp_path, content)
     assert problems(path) == [(3, "", NOT_UTF8)]
@@ -231,3 +233,182 @@ def test_the_output_is_written_next_to_its_final_name_and_in_utf8(
         "1,Café ☕,https://cdn.example.com/1.jpg,https://files.example/1.jpg,\r\n"
     )
     assert sorted(p.name for p in out_dir.iterdir()) == ["result.csv"]
+
+
+# --- more edges -------------------------------------------------------------------------------
+
+
+def test_a_url_at_the_length_limit_that_needs_parsing_is_accepted(tmp_path: Path) -> None:
+    # A port takes the URL off the fast path: the full check must agree on the limit.
+    start = "https://cdn.example.com:8443/"
+    at_limit = start + "a" * (MAX_URL_LENGTH - len(start))
+    path = write(tmp_path, HEADER + f"1,Shirt,{at_limit}\r\n")
+    assert validate(path, LIMITS).images == 1
+
+
+def test_a_value_of_exactly_the_shown_length_is_shown_whole(tmp_path: Path) -> None:
+    url = "ftp://cdn.example.com/" + "a" * (csv_input.SHOWN_VALUE_CHARS - 22)
+    assert len(url) == csv_input.SHOWN_VALUE_CHARS
+    path = write(tmp_path, HEADER + f"1,Shirt,{url}\r\n")
+    assert problems(path) == [(2, URLS, f"not an http(s) URL: {url!r}")]
+
+
+def test_a_nul_on_the_second_line_after_an_empty_first_is_on_line_two(tmp_path: Path) -> None:
+    path = write(tmp_path, b"\nS. No.,Product Name\x00,Input Image Urls\r\n")
+    assert problems(path) == [(2, "", "not a CSV file: it contains binary data")]
+
+
+def test_bad_utf8_after_an_empty_first_line_is_on_the_right_line(tmp_path: Path) -> None:
+    path = write(tmp_path, b"\n" + HEADER.encode() + b"1,Shirt,https://cdn.example.com/\xff\r\n")
+    assert problems(path) == [(3, "", NOT_UTF8)]
+
+
+def test_bad_utf8_two_reads_after_a_split_crlf_is_on_the_right_line(tmp_path: Path) -> None:
+    chunk = csv_input._SCAN_CHUNK_BYTES
+    first = HEADER.encode() + b"1,Shirt"
+    url = b",https://cdn.example.com/1.jpg"
+    content = first + b"x" * (chunk - len(first) - len(url) - 1) + url + b"\r\n"  # CR|LF
+    row = b"2,Hat,https://cdn.example.com/2.jpg\r\n"
+    content += row * (chunk // len(row) + 1)  # past the end of read 2
+    lines = content.count(b"\n")
+    content += b"9,Bad,https://cdn.example.com/\xff\r\n"
+    path = write(tmp_path, content)
+    assert problems(path) == [(lines + 1, "", NOT_UTF8)]
+
+
+def test_a_fatal_problem_after_the_problem_limit_ends_the_list_with_the_note(
+    tmp_path: Path,
+) -> None:
+    bad_rows = "".join(f"{i},Shirt,ftp://cdn.example.com/{i}.jpg\r\n" for i in range(3))
+    # Good rows in between: the bad byte is read long after the three problems are listed.
+    good_rows = "".join(f"{i},Hat,https://cdn.example.com/{i}.jpg\r\n" for i in range(1000))
+    path = write(tmp_path, (HEADER + bad_rows + good_rows).encode() + b"9,Bad,\xff\r\n")
+    with pytest.raises(CsvInvalid) as caught:
+        validate(path, LimitSettings(max_problems=3))
+    assert [p.message for p in caught.value.problems][-1] == (
+        "more problems were found; only the first 3 are listed"
+    )
+
+
+def test_a_hash_sign_names_the_serial_column(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "#,Product Name,Input Image Urls\r\n1,Shirt,https://cdn.example.com/1.jpg\r\n"
+    )
+    assert validate(path, LIMITS).serial_column == 0
+
+
+def test_the_output_summary_is_refused_for_a_file_validate_would_refuse(tmp_path: Path) -> None:
+    path = write(tmp_path, "S. No.,Input Image Urls\r\n1,https://cdn.example.com/1.jpg\r\n")
+    with pytest.raises(ValueError, match="is not a file that validate accepted"):
+        csv_input.accepted_summary(path, rows=1, images=1)
+
+
+def test_a_file_swapped_after_validation_is_refused_in_pass_two(tmp_path: Path) -> None:
+    path = write(tmp_path, HEADER + "1,Shirt,https://cdn.example.com/1.jpg\r\n")
+    summary = validate(path, LIMITS)
+    write(tmp_path, "Name,Input Image Urls\r\nShirt,https://cdn.example.com/1.jpg\r\n")
+    with pytest.raises(ValueError, match="is not the file that was validated: its header differs"):
+        list(iter_rows(path, summary))
+    write(tmp_path, (HEADER + "1,Shirt,https://cdn.example.com/").encode() + b"\xff\r\n")
+    with pytest.raises(CsvInvalid) as caught:
+        list(iter_rows(path, summary))
+    assert caught.value.message == "the CSV was refused: 1 problem"
+    assert [(p.line, p.message) for p in caught.value.problems] == [(2, NOT_UTF8)]
+
+
+def _output_of(tmp_path: Path, rows: str, outcomes: list[tuple[int, list[ImageOutcome]]]) -> str:
+    source = write(tmp_path, HEADER + rows)
+    output = tmp_path / "out.csv"
+    write_output(source, output, validate(source, LIMITS), outcomes)
+    return output.read_bytes().decode("utf-8")
+
+
+def test_each_failed_image_of_a_row_is_listed_and_one_without_a_reason_says_failed(
+    tmp_path: Path,
+) -> None:
+    rows = '1,Shirt,"https://cdn.example.com/1.jpg, https://cdn.example.com/2.jpg"\r\n'
+    outcomes = [ImageOutcome(0, None, "HTTP 404"), ImageOutcome(1, None, None)]
+    text = _output_of(tmp_path, rows, [(0, outcomes)])
+    assert text.splitlines()[1].endswith(',", ",#1: HTTP 404; #2: failed')
+
+
+def test_outcomes_that_do_not_fit_the_rows_say_which_row(tmp_path: Path) -> None:
+    rows = "1,Shirt,https://cdn.example.com/1.jpg\r\n2,Hat,https://cdn.example.com/2.jpg\r\n"
+    done = [ImageOutcome(0, "https://files.example/1.jpg", None)]
+    with pytest.raises(ValueError, match=r"^outcomes for row 5, which the CSV does not have$"):
+        _output_of(tmp_path, rows, [(0, done), (5, done)])
+    with pytest.raises(ValueError, match=r"^outcomes for row 0 are out of order or unknown$"):
+        _output_of(tmp_path, rows, [(0, done), (0, done)])
+
+
+def test_a_line_break_inside_a_product_name_is_kept_in_the_output(tmp_path: Path) -> None:
+    rows = '1,"Shirt\r\nblue",https://cdn.example.com/1.jpg\r\n'
+    done = [ImageOutcome(0, "https://files.example/1.jpg", None)]
+    text = _output_of(tmp_path, rows, [(0, done)])
+    assert (
+        '1,"Shirt\r\nblue",https://cdn.example.com/1.jpg,https://files.example/1.jpg,\r\n' in text
+    )
+
+
+def test_the_output_is_utf8_even_under_a_c_locale(tmp_path: Path) -> None:
+    # A service started with a bare environment (LC_ALL=C, no locale coercion) must still
+    # write "Café" as UTF-8, not fail or write it in the locale's encoding.
+    source = write(tmp_path, HEADER + "1,Café ☕,https://cdn.example.com/1.jpg\r\n")
+    script = (
+        "import sys; from pathlib import Path\n"
+        "from csvcompress.config import LimitSettings\n"
+        "from csvcompress.csv_input import ImageOutcome, validate, write_output\n"
+        "src, out = Path(sys.argv[1]), Path(sys.argv[2])\n"
+        "done = [ImageOutcome(0, 'https://files.example/1.jpg', None)]\n"
+        "write_output(src, out, validate(src, LimitSettings()), [(0, done)])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "LANG", "PYTHONUTF8"))}
+    env |= {"LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    output = tmp_path / "out.csv"
+    subprocess.run(
+        [sys.executable, "-c", script, str(source), str(output)],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        check=True,
+    )
+    assert "Café ☕" in output.read_bytes().decode("utf-8")
+
+
+def test_a_nul_far_into_the_file_comes_after_the_problems_before_it(tmp_path: Path) -> None:
+    good_rows = "".join(f"{i},Hat,https://cdn.example.com/{i}.jpg\r\n" for i in range(400))
+    content = HEADER + "1,Shirt,ftp://cdn.example.com/1.jpg\r\n" + good_rows
+    assert len(content) > 8192  # past the first look for binary data
+    path = write(tmp_path, content.encode() + b"9,Bad\x00,https://cdn.example.com/9.jpg\r\n")
+    assert problems(path) == [
+        (2, URLS, "not an http(s) URL: 'ftp://cdn.example.com/1.jpg'"),
+        (403, "", "not a CSV file: it contains binary data"),
+    ]
+
+
+def test_a_one_character_file_is_a_header_without_the_columns(tmp_path: Path) -> None:
+    path = write(tmp_path, "x")
+    assert problems(path) == [
+        (1, "S. No.", "missing column: S. No."),
+        (1, "Product Name", "missing column: Product Name"),
+        (1, URLS, f"missing column: {URLS}"),
+    ]
+
+
+def test_the_output_summary_of_an_empty_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="is not a file that validate accepted"):
+        csv_input.accepted_summary(write(tmp_path, ""), rows=0, images=0)
+
+
+def test_a_file_emptied_after_validation_is_refused_in_pass_two(tmp_path: Path) -> None:
+    path = write(tmp_path, HEADER + "1,Shirt,https://cdn.example.com/1.jpg\r\n")
+    summary = validate(path, LIMITS)
+    write(tmp_path, "")
+    with pytest.raises(ValueError, match="is not the file that was validated"):
+        list(iter_rows(path, summary))
+
+
+def test_an_outcome_for_an_image_the_row_does_not_have_is_refused(tmp_path: Path) -> None:
+    rows = "1,Shirt,https://cdn.example.com/1.jpg\r\n"
+    stray = [ImageOutcome(1, "https://files.example/2.jpg", None)]
+    with pytest.raises(ValueError, match=r"^image position 1 outside a row of 1 URLs$"):
+        _output_of(tmp_path, rows, [(0, stray)])

@@ -7,7 +7,9 @@ file written into a data directory that does not exist yet.
 
 from __future__ import annotations
 
+import logging
 import os
+import random
 import stat
 import time
 from collections.abc import Iterator
@@ -17,13 +19,15 @@ import aiohttp
 import pytest
 from standardwebhooks import Webhook
 
-from csvcompress.config import settings_from_dict
-from csvcompress.errors import AddressNotAllowed
+from csvcompress.config import Settings, settings_from_dict
+from csvcompress.errors import AddressNotAllowed, ConfigError
 from csvcompress.pipeline.netguard import AddressRefusedError
 from csvcompress.webhooks import (
+    JITTER,
     Outcome,
     outcome_of_error,
     outcome_of_response,
+    plan_next,
     resolve_secret,
     signed_headers,
 )
@@ -139,3 +143,54 @@ def test_a_server_off_utc_signs_deliveries_a_receiver_can_verify() -> None:
     assert headers["webhook-timestamp"] == str(at)
     # The receiver's check: the signature covers the timestamp the headers state.
     assert Webhook(WEBHOOK_SECRET).verify(body, headers) == {"type": "request.finished"}
+
+
+def test_the_next_attempt_time_comes_from_the_senders_own_generator() -> None:
+    # Seeded, the retry times are reproducible: the jitter uses the generator it is given.
+    schedule = (0.0, 100.0, 100.0)
+    failed = Outcome(503, "HTTP 503")
+    first = plan_next(failed, 1, schedule, 1000.0, random.Random(5))
+    again = plan_next(failed, 1, schedule, 1000.0, random.Random(5))
+    assert first == again
+    assert first[1] == 1000.0 + 100.0 * random.Random(5).uniform(1 - JITTER, 1 + JITTER)
+
+
+def _secret_settings(tmp_path: Path) -> Settings:
+    return settings_from_dict({"database": {"path": str(tmp_path / "db.sqlite3")}})
+
+
+def test_the_operator_is_told_where_a_generated_secret_is_and_how_to_read_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="csvcompress.webhooks"):
+        resolve_secret(_secret_settings(tmp_path))
+    path = (tmp_path / "webhook_secret").resolve()
+    assert caplog.messages == [
+        "generated a webhook signing secret; receivers need it to verify deliveries: "
+        f"read it with `cat {path}`, or set [webhook] secret"
+    ]
+
+
+@pytest.mark.parametrize(("mode", "warned"), [(0o600, False), (0o640, True), (0o604, True)])
+def test_a_secret_file_open_to_others_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: int, warned: bool
+) -> None:
+    settings = _secret_settings(tmp_path)
+    secret = resolve_secret(settings)
+    path = tmp_path / "webhook_secret"
+    path.chmod(mode)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="csvcompress.webhooks"):
+        assert resolve_secret(settings) == secret
+    warning = f"webhook secret file {path} is open to other users; chmod 600 it"
+    signed = f"webhook deliveries are signed with the secret in {path.resolve()}"
+    assert caplog.messages == ([warning, signed] if warned else [signed])
+
+
+def test_a_secret_file_that_cannot_be_read_stops_the_start_saying_why(tmp_path: Path) -> None:
+    (tmp_path / "webhook_secret").mkdir()  # a directory where the file should be
+    with pytest.raises(ConfigError) as info:
+        resolve_secret(_secret_settings(tmp_path))
+    assert info.value.message.startswith(
+        f"webhook secret file {tmp_path / 'webhook_secret'}: cannot be read: [Errno 21]"
+    )
