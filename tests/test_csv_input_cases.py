@@ -351,9 +351,12 @@ def test_a_line_break_inside_a_product_name_is_kept_in_the_output(tmp_path: Path
 
 
 def test_the_output_is_utf8_even_under_a_c_locale(tmp_path: Path) -> None:
-    # A service started with a bare environment (LC_ALL=C, no locale coercion) must still
-    # write "Café" as UTF-8, not fail or write it in the locale's encoding.
+    # A service started with a bare environment (LC_ALL=C, no locale coercion, no UTF-8
+    # mode) must write the same bytes as anywhere else: "Café" as UTF-8.
     source = write(tmp_path, HEADER + "1,Café ☕,https://cdn.example.com/1.jpg\r\n")
+    done = [ImageOutcome(0, "https://files.example/1.jpg", None)]
+    here = tmp_path / "here.csv"
+    write_output(source, here, validate(source, LIMITS), [(0, done)])
     script = (
         "import sys; from pathlib import Path\n"
         "from csvcompress.config import LimitSettings\n"
@@ -364,14 +367,72 @@ def test_the_output_is_utf8_even_under_a_c_locale(tmp_path: Path) -> None:
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "LANG", "PYTHONUTF8"))}
     env |= {"LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
-    output = tmp_path / "out.csv"
+    there = tmp_path / "there.csv"
     subprocess.run(
-        [sys.executable, "-c", script, str(source), str(output)],
+        [sys.executable, "-c", script, str(source), str(there)],
         cwd=Path(__file__).resolve().parents[1],
         env=env,
         check=True,
     )
-    assert "Café ☕" in output.read_bytes().decode("utf-8")
+    assert "Café ☕" in there.read_bytes().decode("utf-8")
+    assert there.read_bytes() == here.read_bytes()
+
+
+def test_a_file_changed_to_bad_utf8_before_its_output_is_written_is_refused(
+    tmp_path: Path,
+) -> None:
+    source = write(tmp_path, HEADER + "1,Shirt,https://cdn.example.com/1.jpg\r\n")
+    summary = validate(source, LIMITS)
+    write(tmp_path, (HEADER + "1,Shirt,https://cdn.example.com/").encode() + b"\xff\r\n")
+    with pytest.raises(CsvInvalid) as caught:
+        write_output(source, tmp_path / "out.csv", summary, [])
+    assert [(p.line, p.message) for p in caught.value.problems] == [(2, NOT_UTF8)]
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_a_carriage_return_alone_separates_urls_as_a_line_break_does() -> None:
+    # Old Mac line ends inside a cell: "\r" is a line break too.
+    cell = "https://cdn.example.com/1.jpg\rhttps://cdn.example.com/2.jpg"
+    assert split_urls(cell) == ["https://cdn.example.com/1.jpg", "https://cdn.example.com/2.jpg"]
+
+
+def _cell_of_length(length: int) -> str:
+    urls, size = [], 0
+    while length - size > 80:  # room for the last URL, padded to the exact length
+        url = f"https://cdn.example.com/p/{len(urls):06d}.jpg"
+        urls.append(url)
+        size += len(url) + 1
+    cell = ",".join(urls) + ","
+    last = "https://cdn.example.com/q/"
+    return cell + last + "a" * (length - len(cell) - len(last))
+
+
+def test_a_url_cell_at_its_length_limit_is_accepted_and_one_longer_is_not(
+    tmp_path: Path,
+) -> None:
+    limit = csv_input.MAX_URL_CELL_CHARS
+    at_limit, over = _cell_of_length(limit), _cell_of_length(limit + 1)
+    assert (len(at_limit), len(over)) == (limit, limit + 1)
+    ok = write(tmp_path, HEADER + f'1,Shirt,"{at_limit}"\r\n', "ok.csv")
+    assert validate(ok, LIMITS).images == at_limit.count(",") + 1
+    refused = write(tmp_path, HEADER + f'1,Shirt,"{over}"\r\n', "no.csv")
+    assert problems(refused) == [(2, URLS, f"the URL cell is longer than {limit} characters")]
+
+
+def test_a_refused_long_cell_counts_as_one_image_not_as_the_image_limit(tmp_path: Path) -> None:
+    limit = csv_input.MAX_URL_CELL_CHARS
+    path = write(tmp_path, HEADER + f'1,Shirt,"{_cell_of_length(limit + 1)}"\r\n')
+    with pytest.raises(CsvInvalid) as caught:
+        validate(path, LimitSettings(max_images=1))
+    assert [p.message for p in caught.value.problems] == [
+        f"the URL cell is longer than {limit} characters"
+    ]
+
+
+def test_a_header_with_an_extra_column_named_by_a_url_is_still_a_header(tmp_path: Path) -> None:
+    header = "S. No.,Product Name,Input Image Urls,https://shop.example.com/catalogue\r\n"
+    path = write(tmp_path, header + "1,Shirt,https://cdn.example.com/1.jpg,x\r\n")
+    assert validate(path, LIMITS).rows == 1
 
 
 def test_a_nul_far_into_the_file_comes_after_the_problems_before_it(tmp_path: Path) -> None:

@@ -222,7 +222,7 @@ def test_an_exponential_policy_keeps_its_jitter() -> None:
 
 def test_a_refused_policy_says_what_is_wrong() -> None:
     # An operator who mistypes a back-off setting reads these messages at start-up.
-    with pytest.raises(ValueError, match="at least one attempt"):
+    with pytest.raises(ValueError, match=r"^a back-off needs at least one attempt$"):
         Backoff(())
     with pytest.raises(ValueError, match=r"0 or more, not \(0.0, -1.0\)"):
         Backoff((0.0, -1.0))
