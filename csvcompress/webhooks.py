@@ -198,7 +198,7 @@ def outcome_of_error(exc: BaseException, timeout: float) -> Outcome:
         return Outcome(None, f"no answer within {timeout:g} s")
     if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error.errno:
         return Outcome(None, f"connection failed: {os.strerror(exc.os_error.errno)}")
-    return Outcome(None, f"connection failed: {exc or type(exc).__name__}")
+    return Outcome(None, f"connection failed: {str(exc) or type(exc).__name__}")
 
 
 def retry_policy(schedule: tuple[float, ...]) -> Backoff:

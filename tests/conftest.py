@@ -4,6 +4,7 @@ an object that is closed after the test, whatever the test left running."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import csv
 import io
@@ -273,3 +274,19 @@ def assert_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
     """What a user reading the log checks: no traceback, no ERROR line."""
     bad = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
     assert not bad, [f"{r.levelname} {r.name}: {r.getMessage()}" for r in bad]
+
+
+@pytest.fixture
+def slept(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Every wait (asyncio.sleep of more than 0 s) asked for during the test, in order; none
+    really waits. For back-off and Retry-After: the test reads the waits instead of a clock."""
+    asked: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(delay: float, result: Any = None) -> Any:
+        if delay > 0:
+            asked.append(delay)
+        return await real_sleep(0, result)
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    return asked

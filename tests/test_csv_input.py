@@ -8,7 +8,6 @@ import os
 import random
 import re
 import string
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -400,27 +399,28 @@ def test_truncated_utf8_at_the_end(tmp_path: Path) -> None:
 
 
 # A guard against quadratic blow-ups (which take minutes on these inputs), not a speed
-# measurement: the bound is loose so a busy machine cannot fail it. Speed is `make bench`'s.
-FAST_ENOUGH_SECONDS = 15.0
+# measurement: no test reads a clock; the per-test timeout below fails a blow-up, and is
+# loose so a busy machine cannot. Speed is `make bench`'s.
+blow_up_guard = pytest.mark.timeout(30)
 
 
 def _refused_fast(path: Path) -> list[tuple[int, str, str]]:
-    start = time.perf_counter()
-    found = problems(path)
-    assert time.perf_counter() - start < FAST_ENOUGH_SECONDS
-    return found
+    return problems(path)
 
 
+@blow_up_guard
 def test_a_million_columns(tmp_path: Path) -> None:
     path = write(tmp_path, "a," * 1_000_000 + "\r\n1\r\n")
     assert _refused_fast(path) == [(1, "", "too many columns (1000001 > 1000)")]
 
 
+@blow_up_guard
 def test_a_50_mb_single_field(tmp_path: Path) -> None:
     path = write(tmp_path, b"x" * (50 * MIB))
     assert _refused_fast(path) == [(1, "", "a line is longer than 4194304 characters")]
 
 
+@blow_up_guard
 def test_a_50_mb_quoted_field_with_line_breaks(tmp_path: Path) -> None:
     path = write(
         tmp_path, HEADER.encode() + b'1,"' + b"y" * 79 + b"\n" + (b"z" * 79 + b"\n") * 650_000
@@ -428,11 +428,13 @@ def test_a_50_mb_quoted_field_with_line_breaks(tmp_path: Path) -> None:
     assert _refused_fast(path) == [(2, "", "a cell is longer than 1048576 characters")]
 
 
+@blow_up_guard
 def test_random_binary_data(tmp_path: Path) -> None:
     path = write(tmp_path, random.Random(7).randbytes(20 * MIB))
     assert _refused_fast(path)[0][2] == BINARY
 
 
+@blow_up_guard
 def test_long_cells_of_separators(tmp_path: Path) -> None:
     # The URL splitter must stay linear on runs of blanks and commas.
     cells = [
@@ -447,6 +449,7 @@ def test_long_cells_of_separators(tmp_path: Path) -> None:
     assert len(found) == LIMITS.max_problems + 1
 
 
+@blow_up_guard
 def test_100k_rows_are_validated_and_read_quickly(tmp_path: Path) -> None:
     path = tmp_path / "big.csv"
     with path.open("w", encoding="utf-8", newline="") as f:
@@ -454,15 +457,10 @@ def test_100k_rows_are_validated_and_read_quickly(tmp_path: Path) -> None:
         for i in range(100_000):
             urls = ", ".join(f"https://cdn.example.com/p/{i}/{j}.jpg" for j in range(3))
             f.write(f'{i + 1},Product {i + 1},"{urls}"\r\n')
-    start = time.perf_counter()
     summary = validate(path, LIMITS)
-    validated = time.perf_counter()
     images = sum(len(row.urls) for row in iter_rows(path, summary))
-    done = time.perf_counter()
+    # Around 0.4 s each on the 2-core dev box; the timeout only catches blow-ups.
     assert (summary.rows, summary.images, images) == (100_000, 300_000, 300_000)
-    # Measured around 0.4 s each on the 2-core dev box; the bound only catches blow-ups.
-    assert validated - start < FAST_ENOUGH_SECONDS
-    assert done - validated < FAST_ENOUGH_SECONDS
 
 
 # --- split_urls -----------------------------------------------------------------------------
@@ -656,15 +654,12 @@ def test_validate_answers_any_bytes_with_a_summary_or_csv_invalid(
 ) -> None:
     directory = tmp_path_factory.mktemp("fuzz")
     path = write(directory, data)
-    start = time.perf_counter()
     try:
         summary = validate(path, LimitSettings(max_problems=5))
     except CsvInvalid as error:
         assert error.problems
         assert all(p.line >= 1 for p in error.problems)
         return
-    finally:
-        assert time.perf_counter() - start < FAST_ENOUGH_SECONDS
     # Accepted: pass 2 and the output agree with the summary.
     rows = list(iter_rows(path, summary))
     assert len(rows) == summary.rows

@@ -461,6 +461,16 @@ def test_no_connection_reached_a_forbidden_address(run: Run) -> None:
     }
 
 
+def test_the_ipv6_loopback_attack_was_made(run: Run) -> None:
+    # The [::1] row is only sent where the machine has an IPv6 loopback; elsewhere this says
+    # so (pytest -rs lists it) rather than the row vanishing from the attack list unseen.
+    if run.origin.ipv6 is None:
+        pytest.skip("no IPv6 loopback here: the http://[::1]/ attack row was not sent")
+    assert run.expected["IPv6 loopback listener"] == refused("::1")
+    assert run.rows["IPv6 loopback listener"]["Errors"] == f"#1: {refused('::1')}"
+    assert run.origin.ipv6.connections == 0
+
+
 def test_hostile_bodies_were_cut_off(run: Run) -> None:
     # Each attack was tried once (attempts = 1) and ended; the drip was not waited out.
     hits = run.origin.hits

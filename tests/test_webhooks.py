@@ -242,7 +242,7 @@ async def finish_directly(service: Service, request_id: str, webhook_url: str) -
 
     def insert() -> None:
         with running.store.request_writer(request_id) as writer:
-            writer.add(0, ["http://127.0.0.1:9/a.jpg"])
+            writer.add(0, [f"http://127.0.0.1:{free_port()}/a.jpg"])  # never fetched
             writer.finish(input_path="unused.csv", webhook_url=webhook_url, rows=1)
 
     await asyncio.to_thread(insert)

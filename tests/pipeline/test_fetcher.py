@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import gzip
 import os
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -111,23 +110,24 @@ async def test_single_attempt_message_has_no_count(
     assert origin.hits["img"] == 1
 
 
-async def test_429_retry_after_is_honoured(origin: Origin, make_fetcher: MakeFetcher) -> None:
+async def test_429_retry_after_is_honoured(
+    origin: Origin, make_fetcher: MakeFetcher, slept: list[float]
+) -> None:
     url = origin.script("img", status(429, **{"Retry-After": "1"}), Reply(IMAGE, "image/png"))
-    started = time.monotonic()
     got = await make_fetcher(backoff=0).fetch(url)
-    elapsed = time.monotonic() - started
     assert got.data == IMAGE
     assert origin.hits["img"] == 2
-    assert 0.9 <= elapsed < 4
+    assert slept == [1.0]  # the one wait is the one the origin asked for
 
 
-async def test_backoff_doubles(origin: Origin, make_fetcher: MakeFetcher) -> None:
+async def test_backoff_doubles(
+    origin: Origin, make_fetcher: MakeFetcher, slept: list[float]
+) -> None:
     url = origin.script("img", status(503))
-    started = time.monotonic()
     with pytest.raises(FetchRetryable):
         await make_fetcher(attempts=3, backoff=0.2).fetch(url)
-    # Waits of 0.2 s and 0.4 s between the three attempts.
-    assert 0.55 <= time.monotonic() - started < 3
+    assert origin.hits["img"] == 3
+    assert slept == [0.2, 0.4]  # between the three attempts
 
 
 async def test_connection_refused_is_retried(make_fetcher: MakeFetcher) -> None:
@@ -143,21 +143,17 @@ async def test_content_length_over_limit_is_refused_before_reading(
     origin: Origin, make_fetcher: MakeFetcher
 ) -> None:
     url = origin.stall("claims-huge", length=10**12, sent=b"\xff" * 1024)
-    started = time.monotonic()
     with pytest.raises(TooLarge) as info:
-        await make_fetcher(max_bytes=1_000_000).fetch(url)
-    # The body never arrives; reading it would have hung until a timeout.
-    assert time.monotonic() - started < 5
+        await make_fetcher(max_bytes=1_000_000, attempts=1).fetch(url)
+    # The body never arrives: reading it would have ended in a timeout, not this refusal.
     assert info.value.message == "image is larger than the limit of 1000000 bytes"
     assert origin.hits["claims-huge"] == 1
 
 
 async def test_endless_body_is_cut_at_the_limit(origin: Origin, make_fetcher: MakeFetcher) -> None:
     url = origin.endless("endless")
-    started = time.monotonic()
     with pytest.raises(TooLarge) as info:
         await make_fetcher(max_bytes=1_000_000).fetch(url)
-    assert time.monotonic() - started < 5
     assert info.value.message == "image is larger than the limit of 1000000 bytes"
     assert origin.hits["endless"] == 1
 
@@ -192,10 +188,9 @@ async def test_slow_drip_is_cut_by_the_total_timeout(
     origin: Origin, make_fetcher: MakeFetcher
 ) -> None:
     url = origin.drip("drip", IMAGE[:1000], every=0.1)
-    started = time.monotonic()
     with pytest.raises(FetchRetryable) as info:
         await make_fetcher(timeout=1, read_timeout=5, attempts=1).fetch(url)
-    assert 0.9 <= time.monotonic() - started < 2.5
+    # The drip never stalls for the 5 s read timeout: only the total timeout can cut it.
     assert info.value.message == "timed out after 1 s"
 
 
@@ -211,10 +206,8 @@ async def test_stalled_body_is_cut_by_the_read_timeout(
     origin: Origin, make_fetcher: MakeFetcher
 ) -> None:
     url = origin.stall("stall", length=1000)
-    started = time.monotonic()
     with pytest.raises(FetchRetryable) as info:
         await make_fetcher(timeout=5, read_timeout=0.3, attempts=1).fetch(url)
-    assert time.monotonic() - started < 5
     assert info.value.message == "timed out waiting for data from origin"
 
 
@@ -318,13 +311,12 @@ REFUSED_HOSTS = [
 
 @pytest.mark.parametrize("host", REFUSED_HOSTS)
 async def test_loopback_is_refused_by_default(
-    host: str, make_fetcher: MakeFetcher, make_listener: MakeListener
+    host: str, make_fetcher: MakeFetcher, make_listener: MakeListener, slept: list[float]
 ) -> None:
     listener = await make_listener("127.0.0.1")
-    started = time.monotonic()
     with pytest.raises(AddressNotAllowed, match=r"^address not allowed: "):
         await make_fetcher(FetchSettings(backoff=20)).fetch(f"http://{host}:{listener.port}/x")
-    assert time.monotonic() - started < 10  # not retried (a retry would wait 20 s)
+    assert slept == []  # not retried: a retry would first wait 20 s
     assert listener.connections == 0
 
 
@@ -344,7 +336,7 @@ async def test_ipv6_loopback_is_refused_by_default(
 
 async def test_localhost_message(make_fetcher: MakeFetcher) -> None:
     with pytest.raises(AddressNotAllowed) as info:
-        await make_fetcher(FetchSettings()).fetch("http://localhost:9/x")
+        await make_fetcher(FetchSettings()).fetch(f"http://localhost:{free_port()}/x")
     assert info.value.message == refused("127.0.0.1")
 
 

@@ -6,6 +6,7 @@ addresses are checked with check_address alone and never connected to.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import ipaddress
 import re
@@ -107,18 +108,20 @@ REFUSED = [
     "2001:0:a00:1::a247:27dd",
 ]
 
-ALLOWED = [
-    "93.184.216.34",
-    "1.1.1.1",
-    "8.8.8.8",
-    "2606:4700::1111",
-    "2a00:1450:4001:80b::200e",
-    "::ffff:93.184.216.34",
-    "64:ff9b::5db8:d822",
-    "2002:5db8:d822::1",
-    # Teredo: server 65.54.227.120, client 93.184.216.34
-    "2001:0:4136:e378:8000:63bf:a247:27dd",
-]
+# Public addresses, each with a refused address spelled the same way: the guard allows the
+# first for what it is, not because it lets that form of address through.
+ALLOWED = {
+    "93.184.216.34": "10.0.0.1",
+    "1.1.1.1": "127.0.0.1",
+    "8.8.8.8": "169.254.169.254",
+    "2606:4700::1111": "fc00::1111",
+    "2a00:1450:4001:80b::200e": "fe80::200e",
+    "::ffff:93.184.216.34": "::ffff:10.0.0.1",
+    "64:ff9b::5db8:d822": "64:ff9b::a00:1",
+    "2002:5db8:d822::1": "2002:c0a8:101::1",
+    # Teredo: server 65.54.227.120, client 93.184.216.34 (and, refused, client 127.0.0.1)
+    "2001:0:4136:e378:8000:63bf:a247:27dd": "2001:0:4136:e378:8000:63bf:80ff:fffe",
+}
 
 
 @pytest.mark.parametrize("ip", REFUSED)
@@ -127,9 +130,11 @@ def test_check_address_refuses(ip: str) -> None:
         DEFAULT_GUARD.check_address(ip)
 
 
-@pytest.mark.parametrize("ip", ALLOWED)
-def test_check_address_allows_public(ip: str) -> None:
-    DEFAULT_GUARD.check_address(ip)
+@pytest.mark.parametrize(("ip", "twin"), ALLOWED.items())
+def test_check_address_allows_public(ip: str, twin: str) -> None:
+    assert DEFAULT_GUARD.check_address(ip) is None
+    with pytest.raises(AddressNotAllowed, match=r"^address not allowed: "):
+        DEFAULT_GUARD.check_address(twin)
 
 
 def test_check_address_messages() -> None:
@@ -184,9 +189,13 @@ def test_guard_validates_its_settings() -> None:
 
 
 def test_stdlib_non_global_ipv4_is_always_refused() -> None:
-    # Cross-check the spelled-out table against the standard library's view.
+    # What the standard library calls not global, the guard refuses, to the last address.
     for net in ("0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "192.168.0.0/16"):
-        assert not ipaddress.ip_network(net)[1].is_global
+        network = ipaddress.IPv4Network(net)
+        for addr in (network[1], network[-1]):
+            assert not addr.is_global
+            with pytest.raises(AddressNotAllowed, match=f"^{re.escape(refused(str(addr)))}$"):
+                DEFAULT_GUARD.check_address(addr)
 
 
 @given(st.integers(min_value=0, max_value=2**32 - 1))
@@ -262,8 +271,10 @@ def test_private_ipv4_inside_ipv6_is_always_refused(
 
 
 def test_check_host_without_allow_list_allows_all() -> None:
-    DEFAULT_GUARD.check_host("evil.com")
-    DEFAULT_GUARD.check_host(None)
+    assert DEFAULT_GUARD.check_host("evil.com") is None
+    assert DEFAULT_GUARD.check_host(None) is None
+    with pytest.raises(AddressNotAllowed, match=r"^host not allowed: evil\.com$"):
+        NetGuard(FetchSettings(allowed_hosts=("images.example.com",))).check_host("evil.com")
 
 
 def test_check_host_allow_list() -> None:
@@ -621,6 +632,17 @@ async def test_check_destination_allows_exempt_names_and_public_literals() -> No
     await check_destination(DEFAULT_GUARD, "2606:2800:21f:cb07:6820:80da:af6b:8b2c", 443)
 
 
-async def test_check_destination_unresolvable_name_is_an_oserror() -> None:
+async def test_check_destination_unresolvable_name_is_an_oserror(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The resolver's answer is scripted: a test asks no DNS server anything.
+    looked_up: list[str] = []
+
+    async def getaddrinfo(host: str, *args: object, **kwargs: object) -> list[object]:
+        looked_up.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
     with pytest.raises(socket.gaierror):
         await check_destination(DEFAULT_GUARD, "nothing.invalid", 80)
+    assert looked_up == ["nothing.invalid"]

@@ -58,10 +58,14 @@ async def test_local_write_failure_is_a_storage_error(tmp_path: Path) -> None:
         await storage.check()
 
 
-async def test_null_storage_keeps_nothing(tmp_path: Path) -> None:
+async def test_null_storage_keeps_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # From an empty working directory: a backend writing by relative path would show there.
+    monkeypatch.chdir(tmp_path)
     storage = NullStorage("http://h/files")
     assert await storage.put("r/1.jpg", b"x", "image/jpeg") == "http://h/files/r/1.jpg"
+    assert storage.put_blocking("r/2.jpg", b"y", "image/jpeg") == "http://h/files/r/2.jpg"
     assert list(tmp_path.iterdir()) == []
+    assert storage.local_file("r/1.jpg") is None  # nothing kept, so /files/ has nothing to serve
 
 
 def test_backend_is_chosen_by_settings(tmp_path: Path) -> None:
