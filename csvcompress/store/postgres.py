@@ -45,12 +45,9 @@ from csvcompress.models import (
     UNFINISHED_STATUSES,
     DeliveryRecord,
     DeliveryState,
-    ImageCounts,
     ImageJob,
-    ImageRecord,
     ImageResult,
     ImageStatus,
-    RequestRecord,
     RequestStatus,
 )
 from csvcompress.store.base import (
@@ -61,14 +58,13 @@ from csvcompress.store.base import (
     RequestMove,
     StoreUnavailable,
 )
+from csvcompress.store.reads import SharedReads
 from csvcompress.store.rows import (
     COUNT_COLUMNS,
     DELIVERY_COLUMNS,
-    IMAGE_COLUMNS,
     REQUEST_COLUMNS,
     counts_of,
     delivery_of,
-    image_of,
     request_of,
 )
 
@@ -216,8 +212,10 @@ def queue_connector(url: str) -> procrastinate.PsycopgConnector:
     return procrastinate.PsycopgConnector(conninfo=url, min_size=1, max_size=POOL_SIZE)
 
 
-class PostgresStore:
+class PostgresStore(SharedReads):
     """The Store on PostgreSQL (see store/base.py for what each method promises)."""
+
+    PLACEHOLDER = "%s"
 
     def __init__(self, url: str) -> None:
         if not url:
@@ -296,27 +294,6 @@ class PostgresStore:
 
     # --- reading requests and images ------------------------------------------
 
-    async def get_request(self, request_id: str) -> RequestRecord | None:
-        row = await self._row(
-            f"SELECT {REQUEST_COLUMNS} FROM requests WHERE request_id = %s", (request_id,)
-        )
-        return request_of(row) if row else None
-
-    async def get_request_with_counts(
-        self, request_id: str
-    ) -> tuple[RequestRecord, ImageCounts] | None:
-        row = await self._row(
-            f"SELECT {REQUEST_COLUMNS}, {COUNT_COLUMNS} FROM requests WHERE request_id = %s",
-            (request_id,),
-        )
-        return (request_of(row), counts_of(row)) if row else None
-
-    async def get_counts(self, request_id: str) -> ImageCounts:
-        row = await self._row(
-            f"SELECT {COUNT_COLUMNS} FROM requests WHERE request_id = %s", (request_id,)
-        )
-        return counts_of(row) if row else ImageCounts()
-
     async def list_requests(
         self, *, status: RequestStatus | None, before: int | None, limit: int
     ) -> list[ListedRequest]:
@@ -357,14 +334,6 @@ class PostgresStore:
             )
             for r in rows
         ]
-
-    async def image_page(self, request_id: str, after: int, limit: int) -> list[ImageRecord]:
-        rows = await self._rows(
-            f"SELECT {IMAGE_COLUMNS} FROM images WHERE request_id = %s AND id > %s "
-            "ORDER BY id LIMIT %s",
-            (request_id, after, limit),
-        )
-        return [image_of(row) for row in rows]
 
     def request_input_blocking(self, request_id: str) -> RequestInput | None:
         with psycopg.connect(self.url, row_factory=dict_row) as conn:
@@ -558,12 +527,6 @@ class PostgresStore:
             (request_id,),
         )
         return delivery_of(row) if row else None
-
-    async def get_delivery(self, delivery_id: str) -> tuple[DeliveryRecord, str] | None:
-        row = await self._row(
-            f"SELECT {DELIVERY_COLUMNS}, payload FROM deliveries WHERE id = %s", (delivery_id,)
-        )
-        return (delivery_of(row), str(row["payload"])) if row else None
 
     async def record_attempt(
         self,

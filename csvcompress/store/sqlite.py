@@ -38,12 +38,9 @@ from csvcompress.models import (
     UNFINISHED_STATUSES,
     DeliveryRecord,
     DeliveryState,
-    ImageCounts,
     ImageJob,
-    ImageRecord,
     ImageResult,
     ImageStatus,
-    RequestRecord,
     RequestStatus,
 )
 from csvcompress.store.base import (
@@ -55,14 +52,13 @@ from csvcompress.store.base import (
     StoreFull,
     StoreUnavailable,
 )
+from csvcompress.store.reads import SharedReads
 from csvcompress.store.rows import (
     COUNT_COLUMNS,
     DELIVERY_COLUMNS,
-    IMAGE_COLUMNS,
     REQUEST_COLUMNS,
     counts_of,
     delivery_of,
-    image_of,
     request_of,
 )
 
@@ -233,8 +229,10 @@ def migrate_blocking(conn: sqlite3.Connection) -> int:
     return len(MIGRATIONS)
 
 
-class SqliteStore:
+class SqliteStore(SharedReads):
     """The Store on one SQLite file (see store/base.py for what each method promises)."""
+
+    PLACEHOLDER = "?"
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -356,28 +354,6 @@ class SqliteStore:
 
     # --- reading requests and images ------------------------------------------
 
-    async def get_request(self, request_id: str) -> RequestRecord | None:
-        row = await self._row(
-            f"SELECT {REQUEST_COLUMNS} FROM requests WHERE request_id = ?", (request_id,)
-        )
-        return request_of(row) if row else None
-
-    async def get_request_with_counts(
-        self, request_id: str
-    ) -> tuple[RequestRecord, ImageCounts] | None:
-        """get_request and get_counts in one query: one trip to the database thread, not two."""
-        row = await self._row(
-            f"SELECT {REQUEST_COLUMNS}, {COUNT_COLUMNS} FROM requests WHERE request_id = ?",
-            (request_id,),
-        )
-        return (request_of(row), counts_of(row)) if row else None
-
-    async def get_counts(self, request_id: str) -> ImageCounts:
-        row = await self._row(
-            f"SELECT {COUNT_COLUMNS} FROM requests WHERE request_id = ?", (request_id,)
-        )
-        return counts_of(row) if row else ImageCounts()
-
     async def list_requests(
         self, *, status: RequestStatus | None, before: int | None, limit: int
     ) -> list[ListedRequest]:
@@ -419,14 +395,6 @@ class SqliteStore:
             )
             for r in rows
         ]
-
-    async def image_page(self, request_id: str, after: int, limit: int) -> list[ImageRecord]:
-        rows = await self._rows(
-            f"SELECT {IMAGE_COLUMNS} FROM images WHERE request_id = ? AND id > ? "
-            "ORDER BY id LIMIT ?",
-            (request_id, after, limit),
-        )
-        return [image_of(row) for row in rows]
 
     def request_input_blocking(self, request_id: str) -> RequestInput | None:
         with closing(connect_blocking(self.path)) as conn:
@@ -561,12 +529,6 @@ class SqliteStore:
             (request_id,),
         )
         return delivery_of(row) if row else None
-
-    async def get_delivery(self, delivery_id: str) -> tuple[DeliveryRecord, str] | None:
-        row = await self._row(
-            f"SELECT {DELIVERY_COLUMNS}, payload FROM deliveries WHERE id = ?", (delivery_id,)
-        )
-        return (delivery_of(row), str(row["payload"])) if row else None
 
     async def record_attempt(
         self,
