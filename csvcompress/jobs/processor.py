@@ -159,7 +159,9 @@ class Processor:
                 started = time.monotonic()
                 fetched = await self._fetcher.fetch(job.url, ticket)
                 if self._in_flight is not None:
-                    self._in_flight.downloaded(time.monotonic() - started)
+                    # The origin's time, not the budget's: a paused download needs no more
+                    # downloads in flight to hide it.
+                    self._in_flight.downloaded(time.monotonic() - started - ticket.paused)
         finally:
             slot.release()
         ticket.downloaded()

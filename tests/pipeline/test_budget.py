@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import platform
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -119,15 +120,42 @@ async def test_bytes_count_as_they_arrive_not_when_the_download_ends() -> None:
 
 async def test_a_younger_download_waits_while_the_budget_is_full() -> None:
     budget = ByteBudget(10)
-    async with budget.admit() as older, budget.admit() as younger:
-        await older.take(8)
-        taking = asyncio.create_task(younger.take(4))  # 8 + 4 > 10, and not the oldest
+    async with contextlib.AsyncExitStack() as younger_stack:
+        async with contextlib.AsyncExitStack() as older_stack:
+            older = await older_stack.enter_async_context(budget.admit())
+            younger = await younger_stack.enter_async_context(budget.admit())
+            await older.take(8)
+            taking = asyncio.create_task(younger.take(4))  # 8 + 4 > 10, and not the oldest
+            await _turns()
+            assert not taking.done() and budget.held == 8
+            older.downloaded()  # held for compression, which will free it: wait for that
+            await _turns()
+            assert not taking.done() and budget.held == 8
+        # The older image is compressed: its bytes are back, and the younger goes on.
         await _turns()
-        assert not taking.done() and budget.held == 8
-        older.downloaded()  # held for compression: still no room
+        assert taking.done() and budget.held == 4
+        assert younger.paused > 0 and older.paused == 0
+        await taking
+
+
+async def test_downloads_that_finished_keep_the_others_out_one_after_another() -> None:
+    # A wave from a far origin: every download arrives at once. Letting the oldest still
+    # arriving through while finished ones wait for compression let them all in, one
+    # after another (106 MB held against a 24 MiB budget, measured).
+    budget = ByteBudget(10)
+    async with budget.admit() as first, budget.admit() as second, budget.admit() as third:
+        await first.take(6)
+        first.downloaded()
+        await second.take(4)
+        taking = asyncio.create_task(second.take(4))  # the oldest still arriving, but no
+        third_taking = asyncio.create_task(third.take(4))
         await _turns()
-        # Now the younger one is the oldest still arriving: it may go on.
-        assert taking.done() and budget.held == 12
+        assert not taking.done() and not third_taking.done()
+        assert budget.held == 10
+        first.restart()  # (as if compressed) its 6 bytes go back: one of them fits
+        await _turns()
+        assert taking.done() and not third_taking.done() and budget.held == 8
+        third_taking.cancel()
         await taking
 
 
@@ -162,6 +190,25 @@ async def test_no_new_download_starts_while_the_budget_is_full() -> None:
     await asyncio.wait_for(started.wait(), 5)
     await task
     assert (budget.held, budget.downloading) == (0, 0)
+
+
+async def test_a_new_download_starts_while_only_finished_downloads_fill_the_budget() -> None:
+    # Those are being compressed; a new request to a far origin holds nothing until it
+    # answers, and holding it back fed the pool in waves.
+    budget = ByteBudget(10)
+    started = asyncio.Event()
+
+    async def second() -> None:
+        async with budget.admit():
+            started.set()
+
+    async with budget.admit() as first:
+        await first.take(10)
+        first.downloaded()
+        task = asyncio.create_task(second())
+        await asyncio.wait_for(started.wait(), 5)
+        assert budget.held == 10
+    await task
 
 
 async def test_a_failed_download_gives_its_bytes_back() -> None:
