@@ -12,6 +12,11 @@ procrastinate's fetch plan degrade with tens of thousands of rows (its issue
 #1242); a chunk of a few dozen images spreads that over the chunk. Finished jobs
 are deleted as they succeed, so the jobs table holds only the work in flight.
 
+The tail of a request is cut finer (guided scheduling): a chunk is at most an
+eighth of the images still to queue, down to two. With full chunks to the end, the
+first worker to run out of work waited for the others' last chunks (two each, with
+`worker_jobs = 2`): 0.3-0.5 s of a 500-image run on two workers.
+
 Fairness: procrastinate takes jobs by priority, then id. Chunk k of a request is
 queued with priority -k, a round-robin rank, so a one-image request's only chunk
 (rank 0) is taken as soon as a worker is free, not after a 3,000-image one.
@@ -74,6 +79,10 @@ ORPHAN_INTERVAL = 15.0
 # Chunk jobs queued per INSERT when a request is planned (a 300,000-URL upload is
 # ~9,400 chunks: 19 round trips before its 202, not 9,400).
 DEFER_BATCH = 500
+# Guided scheduling of a request's tail: a chunk takes at most 1/TAIL_SHARE of the
+# images still to queue, and at least MIN_CHUNK.
+TAIL_SHARE = 8
+MIN_CHUNK = 2
 CRASHED_CODE = "worker_crashed"
 _WORK = "csvcompress_work"
 
@@ -114,11 +123,12 @@ async def plan(queue: procrastinate.App, store: Store, request_id: str, chunk_si
     A request with nothing pending gets its finish job instead.
     """
     rank, after_id = 0, 0
+    left = (await store.get_counts(request_id)).pending
     batch: list[tuple[int, dict[str, Any]]] = []
-    while jobs := await store.pending_images(request_id, after_id, chunk_size):
+    while jobs := await store.pending_images(request_id, after_id, chunk(chunk_size, left)):
         args = {"request_id": request_id, "after_id": after_id, "last_id": jobs[-1].id}
         batch.append((-rank, args))
-        rank, after_id = rank + 1, jobs[-1].id
+        rank, after_id, left = rank + 1, jobs[-1].id, left - len(jobs)
         if len(batch) >= DEFER_BATCH:
             await _defer_chunks(queue, batch)
             batch = []
@@ -127,6 +137,11 @@ async def plan(queue: procrastinate.App, store: Store, request_id: str, chunk_si
     if rank == 0:
         await defer_finish(queue, request_id)
     return rank
+
+
+def chunk(chunk_size: int, left: int) -> int:
+    """How many images the next chunk takes, with `left` still to queue."""
+    return min(chunk_size, max(MIN_CHUNK, -(-left // TAIL_SHARE)))
 
 
 async def _defer_chunks(queue: procrastinate.App, chunks: list[tuple[int, dict[str, Any]]]) -> None:
