@@ -42,7 +42,15 @@ from csvcompress.bench.servers import (
     postgres_bin,
     weed_bin,
 )
-from csvcompress.bench.service import cpu_seconds, free_port, is_complete, toml, upload, wait_until
+from csvcompress.bench.service import (
+    cpu_seconds,
+    free_port,
+    is_complete,
+    thread_cpu_seconds,
+    toml,
+    upload,
+    wait_until,
+)
 
 # The issue's targets.
 MIN_SPEEDUP = 1.8
@@ -62,6 +70,12 @@ class Run:
     api_cpu: float
     db_cpu: float
     s3_cpu: float
+    origin_cpu: float
+    # What limits the speed-up: how busy the cores were (all processes on the machine),
+    # and how long the run went on after the first worker had no more work.
+    machine_busy: float
+    idle_tail: float
+    worker_threads: dict[str, float]  # the workers' CPU seconds, by what their threads do
 
     @property
     def rate(self) -> float:
@@ -89,8 +103,14 @@ def _environment() -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class Origin:
+    url: str
+    pid: int
+
+
 @contextlib.asynccontextmanager
-async def _origin(corpus: corpora.Corpus, workdir: Path) -> AsyncIterator[str]:
+async def _origin(corpus: corpora.Corpus, workdir: Path) -> AsyncIterator[Origin]:
     root = workdir / "origin"
     corpus.write(root)
     proc = await asyncio.create_subprocess_exec(
@@ -99,7 +119,7 @@ async def _origin(corpus: corpora.Corpus, workdir: Path) -> AsyncIterator[str]:
     assert proc.stdout is not None
     line = (await proc.stdout.readline()).decode()
     try:
-        yield f"http://127.0.0.1:{int(line.split()[1])}"
+        yield Origin(f"http://127.0.0.1:{int(line.split()[1])}", proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         await proc.wait()
@@ -163,10 +183,35 @@ class Cluster:
                 proc.wait()
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds every process on the machine has used so far (Linux /proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle and iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+# A worker counts as busy in a sample while it uses at least this share of a core.
+BUSY_SHARE = 0.2
+SAMPLE_SECONDS = 0.1
+
+
+async def _last_busy(pids: list[int], started: float, last: list[float]) -> None:
+    """Keep, per worker, when it was last seen busy (seconds after `started`)."""
+    before = [cpu_seconds(pid) for pid in pids]
+    while True:
+        await asyncio.sleep(SAMPLE_SECONDS)
+        now = [cpu_seconds(pid) for pid in pids]
+        for n, (a, b) in enumerate(zip(before, now, strict=True)):
+            if b - a >= BUSY_SHARE * SAMPLE_SECONDS:
+                last[n] = time.perf_counter() - started
+        before = now
+
+
 async def one_run(
     workers: int,
     images: int,
-    origin: str,
+    origin: Origin,
     corpus: corpora.Corpus,
     pg: Postgres,
     seaweed: SeaweedFS,
@@ -180,21 +225,52 @@ async def one_run(
     try:
         async with aiohttp.ClientSession() as session:
             await cluster.ready(session, logs)
-            data = corpora.csv_bytes(corpus.urls(f"{origin}", images), per_row=1)
+            data = corpora.csv_bytes(corpus.urls(origin.url, images), per_row=1)
             before = (sum(cpu_seconds(p.pid) for p in procs), cpu_seconds(api.pid))
             db_before = pg.cpu_seconds()
             s3_before = seaweed.cpu_seconds()
+            origin_before = cpu_seconds(origin.pid)
+            busy_before = machine_busy_seconds()
+            threads_before = _threads([p.pid for p in procs])
             started = time.perf_counter()
+            last_busy = [0.0] * workers
+            sampler = asyncio.create_task(_last_busy([p.pid for p in procs], started, last_busy))
             accepted = await upload(session, cluster.base_url, data)
             await wait_until(session, cluster.base_url, accepted.request_id, is_complete)
             seconds = time.perf_counter() - started
+            sampler.cancel()
+            busy = (machine_busy_seconds() - busy_before) / (os.cpu_count() or 1) / seconds
             worker_cpu = sum(cpu_seconds(p.pid) for p in procs) - before[0]
             api_cpu = cpu_seconds(api.pid) - before[1]
             db_cpu = pg.cpu_seconds() - db_before
             s3_cpu = seaweed.cpu_seconds() - s3_before
+            origin_cpu = cpu_seconds(origin.pid) - origin_before
+            threads_after = _threads([p.pid for p in procs])
+            by_thread = {k: v - threads_before.get(k, 0.0) for k, v in threads_after.items()}
     finally:
         cluster.stop()
-    return Run(workers, images, seconds, worker_cpu, api_cpu, db_cpu, s3_cpu)
+    tail = seconds - min(last_busy)
+    return Run(
+        workers,
+        images,
+        seconds,
+        worker_cpu,
+        api_cpu,
+        db_cpu,
+        s3_cpu,
+        origin_cpu,
+        busy,
+        tail,
+        by_thread,
+    )
+
+
+def _threads(pids: list[int]) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for pid in pids:
+        for group, seconds in thread_cpu_seconds(pid).items():
+            total[group] = total.get(group, 0.0) + seconds
+    return total
 
 
 async def main_async(args: argparse.Namespace) -> int:
@@ -229,12 +305,20 @@ async def main_async(args: argparse.Namespace) -> int:
                 ("API", run.api_cpu),
                 ("PostgreSQL", run.db_cpu),
                 ("SeaweedFS", run.s3_cpu),
+                ("origin", run.origin_cpu),
             )
         )
         report.line(
             f"{run.workers} worker(s): {run.rate:6.1f} img/s "
-            f"({run.images} in {run.seconds:.1f} s); CPU per image: {cpu}"
+            f"({run.images} in {run.seconds:.1f} s); CPU per image: {cpu}; cores busy "
+            f"{run.machine_busy:.0%} (every process on the machine); the first worker to run "
+            f"out of work idled {run.idle_tail:.2f} s before the end"
         )
+        threads = ", ".join(
+            f"{name} {run.per_image_ms(seconds):.1f}"
+            for name, seconds in sorted(run.worker_threads.items())
+        )
+        report.line(f"   workers' CPU ms/img by thread: {threads}")
     one, two = runs
     speedup = two.rate / one.rate
     share = two.db_cpu / (two.worker_cpu + two.api_cpu + two.db_cpu)
