@@ -26,8 +26,9 @@ The limit stays within [MIN_IN_FLIGHT, ceiling]; the ceiling (`fetch.max_in_flig
 by default 128 per thread and at most half the open-files limit) only keeps
 sockets finite. Memory is bounded elsewhere, by the byte budget, which counts
 every byte as it arrives (budget.py): a download waiting for its origin holds no
-bytes, and no download starts while the budget is full, so a far origin costs
-sockets, not memory.
+bytes, one that arrives while the budget is full waits with its socket paused, and
+no download starts while bytes still arriving fill it, so a far origin costs
+sockets, not memory. L is the origin's time: time paused by the budget is left out.
 
 Worked out for the bench's photos (C = 45 ms measured under load, L = 1 s): 2
 threads, R = 44/s -> limit 92 (ceiling 256); 8 threads, R = 178/s -> 364 (ceiling
