@@ -59,6 +59,14 @@ def test_parse_retry_after_takes_the_callers_cap() -> None:
     assert parse_retry_after(naive, now=now, cap=3600) == 90
 
 
+def test_an_http_date_from_a_server_is_read_against_the_time_now() -> None:
+    # A server's Retry-After date comes without a `now` of ours: the clock is read.
+    long_past = format_datetime(datetime(1990, 1, 1, tzinfo=UTC), usegmt=True)
+    far_ahead = format_datetime(datetime(2100, 1, 1, tzinfo=UTC), usegmt=True)
+    assert parse_retry_after(long_past) == 0
+    assert parse_retry_after(far_ahead) == MAX_RETRY_AFTER
+
+
 # --- the policy ----------------------------------------------------------------------------
 
 
