@@ -8,8 +8,9 @@ import os
 import random
 import re
 import string
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -326,6 +327,35 @@ def test_text_after_a_closing_quote(tmp_path: Path) -> None:
         (2, URLS, "not an http(s) URL: 'bad'"),
         (3, "", 'bad quoting: a closing " must be followed by a comma or the end of the line'),
     ]
+
+
+def test_a_parse_error_without_words_of_ours_is_shown_in_pythons(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Python's csv module may complain in a way no message of ours translates (a newer
+    # Python, say): the user still reads the complaint, at the line where reading stopped.
+    real_reader = csv.reader
+
+    class Complaining:
+        def __init__(self, lines: Iterator[str], **options: Any) -> None:
+            self.reader = real_reader(lines, **options)
+
+        @property
+        def line_num(self) -> int:
+            return self.reader.line_num
+
+        def __iter__(self) -> Complaining:
+            return self
+
+        def __next__(self) -> list[str]:
+            row = next(self.reader)
+            if self.reader.line_num == 4:
+                raise csv.Error("a complaint of a newer Python")
+            return row
+
+    monkeypatch.setattr(csv, "reader", Complaining)
+    path = write(tmp_path, HEADER + "1,A,https://a/1\r\n" + '2,"B\nb",https://a/2\r\n')
+    assert problems(path) == [(4, "", "the CSV cannot be parsed: a complaint of a newer Python")]
 
 
 def test_cell_over_the_size_cap_in_a_multi_line_quoted_cell(tmp_path: Path) -> None:
@@ -719,6 +749,24 @@ def test_output_csv_exact(tmp_path: Path) -> None:
         '3,"Cap\nred",https://a/5.jpg,"Zed ""Z""",,#1: not an image: unknown format\r\n'
     )
     assert sorted(os.listdir(tmp_path)) == ["in.csv", "out.csv"]
+
+
+def test_output_keeps_formula_cells_exactly_unless_asked_to_escape_them(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "S. No.,Product Name,Input Image Urls,=Note\r\n1,=1+1,https://a/1,@x\r\n"
+    )
+    out = tmp_path / "out.csv"
+    done = [(0, [ImageOutcome(0, "https://o/1", None)])]
+    write_output(path, out, validate(path, LIMITS), done)
+    assert out.read_bytes().decode("utf-8").splitlines() == [
+        f"S. No.,Product Name,Input Image Urls,=Note,{OUTPUT_URLS_COLUMN},{ERRORS_COLUMN}",
+        "1,=1+1,https://a/1,@x,https://o/1,",
+    ]
+    write_output(path, out, validate(path, LIMITS), done, escape_formulas=True)
+    assert out.read_bytes().decode("utf-8").splitlines() == [
+        f"S. No.,Product Name,Input Image Urls,'=Note,{OUTPUT_URLS_COLUMN},{ERRORS_COLUMN}",
+        "1,'=1+1,https://a/1,'@x,https://o/1,",
+    ]
 
 
 def test_output_reuses_existing_result_columns(tmp_path: Path) -> None:

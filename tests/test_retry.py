@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,8 @@ from csvcompress.errors import (
     StoreFull,
 )
 from csvcompress.retry import (
+    DISK_FULL_PATIENCE,
+    KEEP_TRYING_LONGEST,
     MAX_RETRY_AFTER,
     Backoff,
     is_retryable,
@@ -54,6 +57,14 @@ def test_parse_retry_after_takes_the_callers_cap() -> None:
     # An HTTP date without a zone is read as UTC.
     naive = (now + timedelta(seconds=90)).strftime("%a, %d %b %Y %H:%M:%S")
     assert parse_retry_after(naive, now=now, cap=3600) == 90
+
+
+def test_an_http_date_from_a_server_is_read_against_the_time_now() -> None:
+    # A server's Retry-After date comes without a `now` of ours: the clock is read.
+    long_past = format_datetime(datetime(1990, 1, 1, tzinfo=UTC), usegmt=True)
+    far_ahead = format_datetime(datetime(2100, 1, 1, tzinfo=UTC), usegmt=True)
+    assert parse_retry_after(long_past) == 0
+    assert parse_retry_after(far_ahead) == MAX_RETRY_AFTER
 
 
 # --- the policy ----------------------------------------------------------------------------
@@ -204,21 +215,113 @@ async def test_keep_trying_waits_out_a_retryable_error_and_says_so_twice(
     ]
 
 
-async def test_keep_trying_gives_up_after_its_patience_or_when_told() -> None:
+def waits_are_the_only_time(monkeypatch: pytest.MonkeyPatch, slept: list[float]) -> None:
+    """From now on the event loop's clock moves on by exactly the waits asked for (`slept`):
+    keep_trying's patience is then counted in those waits, however fast the machine is."""
+    loop = asyncio.get_running_loop()
+    start = float(int(loop.time()))  # whole seconds: adding binary fractions stays exact
+    monkeypatch.setattr(loop, "time", lambda: start + sum(slept))
+
+
+async def test_keep_trying_waits_a_tenth_of_a_second_then_doubles_up_to_five(
+    slept: list[float],
+) -> None:
+    # A database on a full disk, freed after eight tries: the write is made on the ninth.
+    script = Script(*[StoreFull("the disk holding the database x is full")] * 8)
     log = logging.getLogger("tests.keep_trying")
+    assert await keep_trying(script, what="writing", log=log) == "done"
+    assert script.calls == 9
+    assert slept == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
 
-    async def full() -> None:
-        raise StoreFull("full")
 
-    async def bug() -> None:
-        raise RuntimeError("not retryable")
+async def test_keep_trying_warns_at_the_first_failure(caplog: pytest.LogCaptureFixture) -> None:
+    # One failed try is already worth a line: the operator hears of the full disk at once.
+    script = Script(StoreFull("the disk holding the database x is full"))
+    log = logging.getLogger("tests.keep_trying")
+    caplog.set_level(logging.INFO, logger=log.name)
+    assert await keep_trying(script, what="writing", log=log, first=0.001) == "done"
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        (
+            "WARNING",
+            "writing failed: the disk holding the database x is full;"
+            " trying again until it succeeds",
+        ),
+        ("INFO", "writing succeeded after 1 failed tries"),
+    ]
 
+
+async def test_a_full_disk_is_waited_out_for_five_minutes_then_the_write_fails_with_why(
+    slept: list[float], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    waits_are_the_only_time(monkeypatch, slept)
+    full = StoreFull("the disk holding the database x is full")
+    script = Script(*[full] * 1000)  # space is never freed
+    log = logging.getLogger("tests.keep_trying")
+    caplog.set_level(logging.INFO, logger=log.name)
+    with pytest.raises(StoreFull) as info:
+        await keep_trying(script, what="writing the result", log=log, patience=DISK_FULL_PATIENCE)
+    assert info.value is full
+    # Tried for as long as its patience allows and no longer: one more wait would pass it.
+    assert sum(slept) <= DISK_FULL_PATIENCE < sum(slept) + KEEP_TRYING_LONGEST
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        (
+            "WARNING",
+            "writing the result failed: the disk holding the database x is full;"
+            " trying again until it succeeds",
+        ),
+        (
+            "WARNING",
+            "writing the result failed for good: the disk holding the database x is full",
+        ),
+    ]
+
+
+async def test_keep_trying_makes_its_last_try_when_its_patience_ends(
+    slept: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tries at 0, 0.25 and 0.75 s: the third falls on the end of the patience itself.
+    waits_are_the_only_time(monkeypatch, slept)
+    script = Script(*[StoreFull("full")] * 10)
+    log = logging.getLogger("tests.keep_trying")
     with pytest.raises(StoreFull):
-        await keep_trying(full, what="w", log=log, patience=0.05, first=0.01)
-    with pytest.raises(StoreFull):
-        await keep_trying(full, what="w", log=log, give_up=lambda: True)
-    with pytest.raises(RuntimeError):
+        await keep_trying(script, what="w", log=log, patience=0.75, first=0.25)
+    assert (script.calls, slept) == (3, [0.25, 0.5])
+
+
+async def test_keep_trying_stops_when_the_service_does_and_says_why(
+    slept: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    script = Script(*[StoreFull("full")] * 10)
+    log = logging.getLogger("tests.keep_trying")
+    caplog.set_level(logging.INFO, logger=log.name)
+    with pytest.raises(StoreFull, match=r"^full$"):
+        await keep_trying(script, what="w", log=log, give_up=lambda: script.calls >= 3)
+    assert (script.calls, slept) == (3, [0.1, 0.2])
+    assert [r.getMessage() for r in caplog.records] == [
+        "w failed: full; trying again until it succeeds",
+        "w failed for good: full",
+    ]
+
+
+async def test_keep_trying_does_not_retry_what_trying_again_cannot_mend(
+    slept: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    log = logging.getLogger("tests.keep_trying")
+    caplog.set_level(logging.INFO, logger=log.name)
+    # A bug at the first try: raised at once, no wait, and no line (the caller reports it).
+    bug = Script(RuntimeError("not retryable"))
+    with pytest.raises(RuntimeError, match=r"^not retryable$"):
         await keep_trying(bug, what="w", log=log)
+    assert (bug.calls, slept, caplog.records) == (1, [], [])
+    # A refusal after a full disk: given up at once, with why.
+    refused = Script(StoreFull("full"), StorageFailed("refused"))
+    with pytest.raises(StorageFailed):
+        await keep_trying(refused, what="w", log=log)
+    assert (refused.calls, slept) == (2, [0.1])
+    assert [r.getMessage() for r in caplog.records] == [
+        "w failed: full; trying again until it succeeds",
+        "w failed for good: refused",
+    ]
 
 
 async def test_the_first_attempt_is_made_at_once_and_the_last_error_without_a_wait(

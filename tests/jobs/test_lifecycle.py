@@ -87,6 +87,7 @@ def record(status: RequestStatus) -> RequestRecord:
         (RequestStatus.COMPLETE, ImageCounts(2, 2), "r1 has no failed images to retry"),
         (RequestStatus.COMPLETE, ImageCounts(2, 1, 1), None),
         (RequestStatus.CANCELLED, ImageCounts(2, 1, 0, 1), None),
+        (RequestStatus.CANCELLED, ImageCounts(3, 1, 1, 1), None),  # one failed, one skipped
         # The output CSV could not be written: retrying writes it, with nothing to re-fetch.
         (RequestStatus.FAILED, ImageCounts(2, 2), None),
     ],

@@ -80,6 +80,7 @@ def _stage(name: str, module: str, tests: list[str], deselect: list[str]) -> Pat
     for extra_file in tomllib.loads(text)["tool"]["mutmut"].get("also_copy", []):
         shutil.copy(ROOT / extra_file, stage / extra_file)
     shared = tomllib.loads(text)["tool"]["mutmut"].get("pytest_add_cli_args", [])
+    shared += ["-p", "tests.mutation.forksafe"]  # libvips made safe to fork (see there)
     extra = (
         f"only_mutate = {_toml_list([module])}\n"
         f"pytest_add_cli_args_test_selection = {_toml_list(tests)}\n"

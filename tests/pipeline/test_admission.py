@@ -114,11 +114,16 @@ def test_a_format_this_libvips_cannot_read_is_named(monkeypatch: pytest.MonkeyPa
     assert detect_format(images.tiff(32, 24)) is None
 
 
-def test_a_format_is_readable_exactly_when_this_libvips_has_its_loader() -> None:
+def test_a_format_is_readable_exactly_when_this_libvips_has_its_loader(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     assert admission._can_load("jpeg") and admission._can_load("png")
     assert not admission._can_load("jxl")  # recognised, but no loader of ours reads it
     assert not admission._can_load("nonsense")
     assert "jpeg" in admission._READABLE and "jxl" not in admission._READABLE
+    # BMP is read by ImageMagick's loader, which a libvips may be built without.
+    monkeypatch.setitem(admission._LOADERS, "bmp", "nosuchformatload_buffer")
+    assert not admission._can_load("bmp")
 
 
 # --- limits and the budget --------------------------------------------------------------------

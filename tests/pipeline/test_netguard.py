@@ -36,6 +36,7 @@ from csvcompress.pipeline.netguard import (
 )
 from tests.conftest import MakeListener, refused
 from tests.servers import Origin
+from tests.waiting import never
 
 DEFAULT_GUARD = NetGuard(FetchSettings())
 
@@ -595,6 +596,45 @@ async def test_user_agent_is_sent(origin: Origin) -> None:
         session.get(url) as resp,
     ):
         assert await resp.text() == "test-agent/1"
+
+
+async def test_per_host_caps_the_connections_to_one_origin(origin: Origin) -> None:
+    # An origin that holds every request until released and counts the connections busy
+    # with one at once; five images from it are asked for, with room for ten in all.
+    busy: set[object] = set()
+    most = 0
+    gate = origin.gate()
+
+    async def held(request: web.Request) -> web.Response:
+        nonlocal most
+        assert request.transport is not None
+        peer = request.transport.get_extra_info("peername")
+        busy.add(peer)
+        most = max(most, len(busy))
+        try:
+            await gate.wait()
+            return web.Response(text="ok")
+        finally:
+            busy.discard(peer)
+
+    url = origin.route("held", held)
+    settings = FetchSettings(concurrency=10, per_host=2, allowed_networks=("127.0.0.1/32",))
+
+    async def get(session: aiohttp.ClientSession) -> str:
+        async with session.get(url) as resp:
+            return await resp.text()
+
+    async with create_session(settings, NetGuard(settings)) as session:
+        gets = asyncio.gather(*(get(session) for _ in range(5)))
+        await origin.wait_for_hits(2, "held")
+        await never(
+            lambda: origin.hits["held"] > 2,
+            what="a third connection reached the origin while two were busy",
+            within=0.5,
+        )
+        origin.release()
+        assert await gets == ["ok"] * 5
+    assert (origin.hits["held"], most) == (5, 2)
 
 
 # --- checking ahead of time (webhook URLs at upload) ------------------------------------------

@@ -19,6 +19,7 @@ from csvcompress.models import (
     ImageJob,
     ImageResult,
     ImageStatus,
+    RequestRecord,
     RequestStatus,
 )
 from csvcompress.store import StoreUnavailable
@@ -362,6 +363,31 @@ async def test_retry_puts_failed_and_skipped_images_back_and_drops_the_delivery(
     assert [j.id for j in await store.pending_images("r1", 0, 10)] == [b.id, c.id]
     assert await store.latest_delivery("r1") is None
     assert await store.finished_requests_without_delivery() == []
+
+
+async def test_of_two_retries_at_once_the_second_hears_the_request_changed(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_request(store, "r1", rows=[["a"]])
+    life = Lifecycle(store)
+    (a,) = await store.pending_images("r1", 0, 10)
+    await life.record([(a, failed(a))])
+    assert await life.finish("r1", "out.csv")
+    read = store.get_request_with_counts
+
+    async def read_as_another_client_retries(
+        request_id: str,
+    ) -> tuple[RequestRecord, ImageCounts] | None:
+        # Both clients see a finished request with a failed image; the other one is faster.
+        found = await read(request_id)
+        monkeypatch.setattr(store, "get_request_with_counts", read)
+        assert await Lifecycle(store).retry(request_id) == 1
+        return found
+
+    monkeypatch.setattr(store, "get_request_with_counts", read_as_another_client_retries)
+    with pytest.raises(Conflict) as info:
+        await life.retry("r1")
+    assert info.value.message == "request r1 changed meanwhile; look at its status and try again"
 
 
 async def test_a_failed_finish_records_the_reason(store: SqliteStore) -> None:
