@@ -22,7 +22,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from csvcompress.app import create_app, runner_options
-from csvcompress.config import ServerSettings, Settings
+from csvcompress.config import ServerSettings, Settings, replace_settings
 from csvcompress.errors import StartupError
 from csvcompress.http.keys import SERVICE
 
@@ -96,6 +96,10 @@ def bind(server: ServerSettings) -> list[socket.socket]:
 async def serve(settings: Settings, announce: Callable[[str], None] = print) -> int:
     """Run the service until a stop signal; returns the exit status."""
     sockets = bind(settings.server)
+    if settings.server.port == 0:
+        # Any free port: the one the OS chose is the service's port from here on, in the
+        # line that announces it and in the links to stored images it hands out.
+        settings = replace_settings(settings, server={"port": sockets[0].getsockname()[1]})
     app = create_app(settings)
     runner = web.AppRunner(
         app,
