@@ -18,7 +18,7 @@ from tests.waiting import RequestWaits, poll
 # Seconds a started service has to answer GET / with 200.
 START_TIMEOUT = 30.0
 # The line `serve` prints once it listens, with the port it bound.
-_SERVING = re.compile(r"csvcompress serving on http://[^\s]*:(\d+)")
+SERVING = re.compile(r"csvcompress serving on http://[^\s]*:(\d+)")
 
 # Run in the child before the service: as root, give up the capabilities that let root
 # write to files whatever their mode (DAC override), so a chmod means what it says.
@@ -97,7 +97,7 @@ class ServiceProcess(RequestWaits):
         self.config.write_text("\n".join(_toml_tables(self._sections)) + "\n")
 
     def _announced_port(self) -> int | None:
-        found = _SERVING.findall(self.log())
+        found = SERVING.findall(self.log())
         return int(found[-1]) if found else None
 
     async def start(
@@ -110,7 +110,7 @@ class ServiceProcess(RequestWaits):
         if drop_root_overrides and os.geteuid() == 0:
             args = ["-c", _DROP_ROOT_OVERRIDES, *args]
         self.log_path.touch()
-        announced_before = len(_SERVING.findall(self.log()))
+        announced_before = len(SERVING.findall(self.log()))
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, *args], stdout=log, stderr=log, env=env)
         async with aiohttp.ClientSession() as client:
@@ -119,7 +119,7 @@ class ServiceProcess(RequestWaits):
                 assert self.proc is not None
                 if self.proc.poll() is not None:
                     return "exited"
-                if len(_SERVING.findall(self.log())) == announced_before:
+                if len(SERVING.findall(self.log())) == announced_before:
                     return None  # not listening yet
                 self.port = self._announced_port() or 0
                 try:

@@ -33,8 +33,7 @@ from csvcompress.bench.servers import (
     weed_bin,
 )
 from tests.conftest import LOOPBACK, WEBHOOK_SECRET
-from tests.procs import _toml_tables
-from tests.servers import free_port
+from tests.procs import SERVING, _toml_tables
 
 # Seconds a process has to start (answer GET /, or log that it is working).
 START_TIMEOUT = 30.0
@@ -83,10 +82,11 @@ class Cluster:
         self.root = root
         self.seaweed = seaweed
         self.prefix = f"t{uuid.uuid4().hex[:8]}"
-        self.api_port = free_port()
-        self.url = f"http://127.0.0.1:{self.api_port}"
+        # Port 0 on the API's first start: it binds one the OS chooses and says which (no
+        # port bound here, released and raced for); a restarted API keeps it.
+        self.api_port = 0
         self.config: dict[str, dict[str, Any]] = {
-            "server": {"host": "127.0.0.1", "port": self.api_port},
+            "server": {"host": "127.0.0.1", "port": 0},
             "cluster": {"mode": "distributed", "heartbeat": 0.5, "stalled_after": 3.0},
             "database": {"path": str(root / "data" / "unused.sqlite3"), "url": database_url},
             "storage": {
@@ -132,9 +132,24 @@ class Cluster:
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
 
+    @property
+    def url(self) -> str:
+        assert self.api_port, "the API has not told its port yet: start it first"
+        return f"http://127.0.0.1:{self.api_port}"
+
     async def start_api(self, **changes: dict[str, Any]) -> Process:
+        self.config["server"]["port"] = self.api_port
         process = Process(self, "api", "serve", self.write_config("api", **changes))
-        await process.start(ready=self._api_ready)
+        announced = len(SERVING.findall(process.log()))
+
+        async def ready() -> bool:
+            found = SERVING.findall(process.log())
+            if len(found) == announced:
+                return False
+            self.api_port = int(found[-1])
+            return await self._api_ready()
+
+        await process.start(ready=ready)
         return process
 
     async def start_worker(self, **changes: dict[str, Any]) -> Process:
