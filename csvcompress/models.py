@@ -130,6 +130,15 @@ class DeliveryRecord:
 
 
 @dataclass(frozen=True)
+class DueDeliveries:
+    """Deliveries a sender may attempt now (leased to it where senders are many), and
+    when the next one not yet due will be: a time to wait for, never one to start."""
+
+    due: list[str]
+    next_at: float | None
+
+
+@dataclass(frozen=True)
 class ImageRecord:
     """One image of a request as the API shows it; `row` and `position` are 0-based."""
 

@@ -377,13 +377,12 @@ class WebhookSender:
             free = MAX_CONCURRENT_DELIVERIES - len(self._in_flight)
             if free <= 0:
                 return None
-            upcoming = await self._store.next_pending_deliveries(self._in_flight.keys(), free)
-            now = time.time()
-            for delivery_id, due in upcoming:
-                if due > now:
-                    return due - now
+            pending = await self._store.next_pending_deliveries(self._in_flight.keys(), free)
+            for delivery_id in pending.due:
                 self._start(delivery_id)
-            return None
+            if pending.next_at is None or len(pending.due) >= free:
+                return None
+            return max(0.0, pending.next_at - time.time())
 
     def _start(self, delivery_id: str) -> None:
         task = asyncio.create_task(self._attempt(delivery_id), name=f"webhook-{delivery_id}")

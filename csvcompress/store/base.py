@@ -29,6 +29,7 @@ from csvcompress.errors import StoreUnavailable as StoreUnavailable
 from csvcompress.models import (
     DeliveryRecord,
     DeliveryState,
+    DueDeliveries,
     ImageCounts,
     ImageJob,
     ImageRecord,
@@ -205,10 +206,9 @@ class Store(Protocol):
         last_error: str | None,
     ) -> None: ...
 
-    async def next_pending_deliveries(
-        self, exclude: Collection[str], limit: int
-    ) -> list[tuple[str, float]]:
-        """Up to `limit` pending deliveries not in `exclude`, with due times, soonest first."""
+    async def next_pending_deliveries(self, exclude: Collection[str], limit: int) -> DueDeliveries:
+        """Up to `limit` pending deliveries not in `exclude` that are due now, soonest first,
+        and when the next one after them is due."""
 
     async def requeue_delivery(self, delivery_id: str, next_attempt_at: float) -> None: ...
 

@@ -45,6 +45,7 @@ from csvcompress.models import (
     UNFINISHED_STATUSES,
     DeliveryRecord,
     DeliveryState,
+    DueDeliveries,
     ImageJob,
     ImageResult,
     ImageStatus,
@@ -543,13 +544,13 @@ class PostgresStore(SharedReads):
             (state, next_attempt_at, last_status, last_error, now_iso(), delivery_id),
         )
 
-    async def next_pending_deliveries(
-        self, exclude: Collection[str], limit: int
-    ) -> list[tuple[str, float]]:
-        """The due deliveries, each leased to this caller; then the next one not yet due.
+    async def next_pending_deliveries(self, exclude: Collection[str], limit: int) -> DueDeliveries:
+        """The due deliveries, each leased to this caller; then when the next one is due.
 
         Leasing (pushing next_attempt_at DELIVERY_LEASE seconds ahead, under FOR UPDATE
-        SKIP LOCKED) is what makes a delivery go to one process's sender, not to all.
+        SKIP LOCKED) is what makes a delivery go to one process's sender, not to all. The
+        next one is only a time to wait for: started once its time had come, without a
+        lease, it went to two senders at once (seen in a test, 1 run in ~10).
         """
         now = time.time()
         rows = await self._rows(
@@ -560,16 +561,14 @@ class PostgresStore(SharedReads):
             "RETURNING d.id, due.next_attempt_at",
             (DeliveryState.PENDING, now, list(exclude), limit, now + DELIVERY_LEASE),
         )
-        leased = sorted(((r["id"], float(r["next_attempt_at"])) for r in rows), key=lambda r: r[1])
-        if len(leased) < limit:
-            upcoming = await self._row(
-                "SELECT id, next_attempt_at FROM deliveries WHERE state = %s "
-                "AND next_attempt_at > %s AND NOT (id = ANY(%s)) ORDER BY next_attempt_at LIMIT 1",
-                (DeliveryState.PENDING, now, list(exclude)),
-            )
-            if upcoming is not None:
-                leased.append((upcoming["id"], float(upcoming["next_attempt_at"])))
-        return leased
+        leased = [r["id"] for r in sorted(rows, key=lambda r: float(r["next_attempt_at"]))]
+        upcoming = await self._row(
+            "SELECT min(next_attempt_at) AS at FROM deliveries WHERE state = %s "
+            "AND next_attempt_at > %s AND NOT (id = ANY(%s))",
+            (DeliveryState.PENDING, now, [*exclude, *leased]),
+        )
+        at = None if upcoming is None or upcoming["at"] is None else float(upcoming["at"])
+        return DueDeliveries(due=leased, next_at=at)
 
     async def requeue_delivery(self, delivery_id: str, next_attempt_at: float) -> None:
         await self._execute(

@@ -38,6 +38,7 @@ from csvcompress.models import (
     UNFINISHED_STATUSES,
     DeliveryRecord,
     DeliveryState,
+    DueDeliveries,
     ImageJob,
     ImageResult,
     ImageStatus,
@@ -546,15 +547,18 @@ class SqliteStore(SharedReads):
                 (state, next_attempt_at, last_status, last_error, now_iso(), delivery_id),
             )
 
-    async def next_pending_deliveries(
-        self, exclude: Collection[str], limit: int
-    ) -> list[tuple[str, float]]:
+    async def next_pending_deliveries(self, exclude: Collection[str], limit: int) -> DueDeliveries:
+        # One process sends from this database (the data directory is locked): no lease.
+        now = time.time()
         rows = await self._rows(
             "SELECT id, next_attempt_at FROM deliveries WHERE state = ? "
             f"AND id NOT IN ({_marks(exclude)}) ORDER BY next_attempt_at LIMIT ?",
-            (DeliveryState.PENDING, *exclude, limit),
+            (DeliveryState.PENDING, *exclude, limit + 1),
         )
-        return [(row["id"], float(row["next_attempt_at"] or 0)) for row in rows]
+        times = [(row["id"], float(row["next_attempt_at"] or 0)) for row in rows]
+        due = [delivery_id for delivery_id, at in times if at <= now][:limit]
+        later = [at for _, at in times if at > now]
+        return DueDeliveries(due=due, next_at=later[0] if later else None)
 
     async def requeue_delivery(self, delivery_id: str, next_attempt_at: float) -> None:
         """Start a delivery over: pending, no attempts made, first attempt at `next_attempt_at`."""

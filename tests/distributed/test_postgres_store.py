@@ -11,7 +11,7 @@ import pytest
 from csvcompress.bench.servers import Postgres
 from csvcompress.errors import ConfigError
 from csvcompress.jobs.lifecycle import Lifecycle
-from csvcompress.models import ImageJob, ImageResult, ImageStatus, RequestStatus
+from csvcompress.models import DueDeliveries, ImageJob, ImageResult, ImageStatus, RequestStatus
 from csvcompress.store.postgres import PostgresStore, migrate_blocking
 
 REQUEST = "a" * 32
@@ -122,8 +122,35 @@ async def test_a_due_delivery_goes_to_one_sender_of_many(
 
         picks = await asyncio.gather(*(s.next_pending_deliveries((), 10) for s in [store, *others]))
 
-        due = [delivery_id for pick in picks for delivery_id, at in pick if at <= time.time()]
+        due = [delivery_id for pick in picks for delivery_id in pick.due]
         assert sorted(due) == [f"msg_{n}" for n in range(6)]
+    finally:
+        for other in others:
+            await other.close()
+
+
+async def test_a_delivery_not_yet_due_is_no_senders_until_one_leases_it(
+    store: PostgresStore,
+) -> None:
+    """Told when the next delivery is due, every sender waits for it; once due, exactly one
+    leases it. (Starting it when its time came, without a lease, sent it twice.)"""
+    others = [PostgresStore(store.url) for _ in range(3)]
+    for other in others:
+        await other.open()
+    senders = [store, *others]
+    try:
+        at = time.time() + 0.5
+        await store.add_delivery(
+            "msg_later", "l" * 32, "request.completed", "http://h", "{}", next_attempt_at=at
+        )
+        picks = await asyncio.gather(*(s.next_pending_deliveries((), 10) for s in senders))
+        assert all(pick == DueDeliveries(due=[], next_at=at) for pick in picks)
+
+        await asyncio.sleep(max(0.0, at - time.time()))  # until the time it was given
+        picks = await asyncio.gather(*(s.next_pending_deliveries((), 10) for s in senders))
+        assert sorted(delivery_id for pick in picks for delivery_id in pick.due) == ["msg_later"]
+        # The lease pushed it ahead: the others are told to wait, not to send.
+        assert all(pick.next_at is not None and pick.next_at > at for pick in picks if not pick.due)
     finally:
         for other in others:
             await other.close()

@@ -15,6 +15,7 @@ from csvcompress.jobs import lifecycle
 from csvcompress.jobs.lifecycle import Lifecycle
 from csvcompress.models import (
     DeliveryState,
+    DueDeliveries,
     ImageCounts,
     ImageJob,
     ImageResult,
@@ -421,8 +422,9 @@ async def test_deliveries_are_queued_attempted_and_started_over(store: SqliteSto
         "msg_2", "r2", "request.completed", "https://h/y", "{}", next_attempt_at=10.0
     )
     assert await store.finished_requests_without_delivery() == []
-    assert await store.next_pending_deliveries([], 10) == [("msg_2", 10.0), ("msg_1", 20.0)]
-    assert await store.next_pending_deliveries(["msg_2"], 10) == [("msg_1", 20.0)]
+    assert await store.next_pending_deliveries([], 10) == DueDeliveries(["msg_2", "msg_1"], None)
+    assert await store.next_pending_deliveries(["msg_2"], 10) == DueDeliveries(["msg_1"], None)
+    assert await store.next_pending_deliveries([], 1) == DueDeliveries(["msg_2"], None)
 
     await store.record_attempt(
         "msg_1",
