@@ -56,6 +56,26 @@ def _toml_tables(tables: dict[str, dict[str, Any]], prefix: str = "") -> list[st
     return lines
 
 
+async def submit(url: str, csv_data: bytes, webhook_url: str | None = None) -> str:
+    """POST /upload to the service at `url` as a browser would; the request id of the 202."""
+    form = aiohttp.FormData()
+    form.add_field("file", csv_data, filename="products.csv", content_type="text/csv")
+    if webhook_url is not None:
+        form.add_field("webhook_url", webhook_url)
+    async with aiohttp.ClientSession() as client, client.post(f"{url}/upload", data=form) as resp:
+        assert resp.status == 202, await resp.text()
+        request_id: str = (await resp.json())["request_id"]
+        return request_id
+
+
+async def status(url: str, request_id: str) -> dict[str, Any]:
+    """GET /status of one request from the service at `url`."""
+    async with aiohttp.ClientSession() as client, client.get(f"{url}/status/{request_id}") as resp:
+        assert resp.status == 200, await resp.text()
+        doc: dict[str, Any] = await resp.json()
+        return doc
+
+
 class ServiceProcess(RequestWaits):
     """`python -m csvcompress serve` on a free port, with its data under `root`.
 
@@ -151,18 +171,7 @@ class ServiceProcess(RequestWaits):
         return self.proc.pid
 
     async def submit(self, csv_data: bytes, webhook_url: str | None = None) -> str:
-        """POST /upload as a browser would; the request id of the 202 answer."""
-        form = aiohttp.FormData()
-        form.add_field("file", csv_data, filename="p.csv")
-        if webhook_url is not None:
-            form.add_field("webhook_url", webhook_url)
-        async with (
-            aiohttp.ClientSession() as client,
-            client.post(f"{self.url}/upload", data=form) as resp,
-        ):
-            assert resp.status == 202, await resp.text()
-            request_id: str = (await resp.json())["request_id"]
-            return request_id
+        return await submit(self.url, csv_data, webhook_url)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -172,13 +181,7 @@ class ServiceProcess(RequestWaits):
         self.proc.send_signal(signum)
 
     async def status(self, request_id: str) -> dict[str, Any]:
-        async with (
-            aiohttp.ClientSession() as client,
-            client.get(f"{self.url}/status/{request_id}") as resp,
-        ):
-            assert resp.status == 200, await resp.text()
-            doc: dict[str, Any] = await resp.json()
-            return doc
+        return await status(self.url, request_id)
 
     async def output_csv(self, doc: dict[str, Any]) -> str:
         """The text of the output CSV a status document points at."""

@@ -16,6 +16,7 @@ import pyvips
 from tests import images
 from tests.conftest import csv_bytes
 from tests.distributed.conftest import ClusterFactory
+from tests.procs import status, submit
 from tests.servers import Origin, Receiver
 from tests.waiting import poll
 
@@ -27,27 +28,6 @@ Check = Callable[[], Awaitable[bool]]
 async def until(condition: Check, what: str, timeout: float = 60.0) -> None:
     """Wait for an event (polling through the suite's one poll helper)."""
     await poll(condition, what=what, timeout=timeout)
-
-
-async def submit(url: str, data: bytes, webhook_url: str | None = None) -> str:
-    form = aiohttp.FormData()
-    form.add_field("file", data, filename="products.csv", content_type="text/csv")
-    if webhook_url is not None:
-        form.add_field("webhook_url", webhook_url)
-    async with aiohttp.ClientSession() as client, client.post(f"{url}/upload", data=form) as resp:
-        assert resp.status == 202, await resp.text()
-        request_id: str = (await resp.json())["request_id"]
-        return request_id
-
-
-async def status(url: str, request_id: str) -> dict[str, Any]:
-    async with (
-        aiohttp.ClientSession() as client,
-        client.get(f"{url}/status/{request_id}") as resp,
-    ):
-        assert resp.status == 200, await resp.text()
-        doc: dict[str, Any] = await resp.json()
-        return doc
 
 
 async def finished(url: str, request_id: str, timeout: float = 90.0) -> dict[str, Any]:
