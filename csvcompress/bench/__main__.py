@@ -109,6 +109,24 @@ class Bench:
             raise SystemExit(f"{result.failed} images failed end to end: see {self.workdir}")
         return result
 
+    def bracketed(self, raw: str, before: Throughput, e2e: Throughput, after: Throughput) -> float:
+        """One service run against the raw runs on either side of it: its rate ratio, with
+        the CPU per image shown beside it."""
+        raw_rate = (before.rate + after.rate) / 2
+        raw_cpu = (before.cpu_ms + after.cpu_ms) / 2
+        ratio = e2e.rate / raw_rate
+        self.report.line(
+            f"   service/{raw} = {e2e.rate:.1f} / {raw_rate:.1f} = {ratio:.3f}; "
+            f"CPU per image {raw}/service = {raw_cpu:.1f} / {e2e.cpu_ms:.1f} = "
+            f"{raw_cpu / e2e.cpu_ms:.3f}"
+        )
+        return ratio
+
+    def check_median(self, target: str, ratios: list[float], floor: float) -> None:
+        ratio = rep.median(ratios)
+        shown = ", ".join(f"{x:.3f}" for x in ratios)
+        self.report.check(target, f"{ratio:.3f} (runs: {shown})", ratio >= floor)
+
     async def throughput(
         self, session: aiohttp.ClientSession, origin: Origin, photos: corpora.Corpus
     ) -> None:
@@ -125,23 +143,11 @@ class Bench:
         for _ in range(self.args.repeat):
             runs.append(await self.service(session, origin, photos, "vips"))
             raws.append(self.raw(photos, vips))
-        ratios = []
-        for before, e2e, after in zip(raws, runs, raws[1:], strict=False):
-            raw_rate = (before.rate + after.rate) / 2
-            raw_cpu = (before.cpu_ms + after.cpu_ms) / 2
-            ratios.append(e2e.rate / raw_rate)
-            r.line(
-                f"   service/raw = {e2e.rate:.1f} / {raw_rate:.1f} = {ratios[-1]:.3f}; "
-                f"CPU per image raw/service = {raw_cpu:.1f} / {e2e.cpu_ms:.1f} = "
-                f"{raw_cpu / e2e.cpu_ms:.3f}"
-            )
-        ratio = rep.median(ratios)
-        shown = ", ".join(f"{x:.3f}" for x in ratios)
-        r.check(
-            "end to end / raw libvips (median)",
-            f"{ratio:.3f} (runs: {shown})",
-            ratio >= rep.MIN_SERVICE_RATIO,
-        )
+        ratios = [
+            self.bracketed("raw", before, e2e, after)
+            for before, e2e, after in zip(raws, runs, raws[1:], strict=False)
+        ]
+        self.check_median("end to end / raw libvips (median)", ratios, rep.MIN_SERVICE_RATIO)
         e2e = runs[-1]
         raw_rate = rep.median([raw.rate for raw in raws])
         r.line(
@@ -189,20 +195,9 @@ class Bench:
             )
             self.show(e2e)
             raws.append(self.minimal(mixed, vips, count))
-            raw_rate = (raws[-2].rate + raws[-1].rate) / 2
-            raw_cpu = (raws[-2].cpu_ms + raws[-1].cpu_ms) / 2
-            ratios.append(e2e.rate / raw_rate)
-            r.line(
-                f"   service/minimal raw = {e2e.rate:.1f} / {raw_rate:.1f} = {ratios[-1]:.3f}; "
-                f"CPU per image minimal/service = {raw_cpu:.1f} / {e2e.cpu_ms:.1f} = "
-                f"{raw_cpu / e2e.cpu_ms:.3f}"
-            )
-        ratio = rep.median(ratios)
-        shown = ", ".join(f"{x:.3f}" for x in ratios)
-        r.check(
-            "mixed corpus: end to end / minimal libvips (median)",
-            f"{ratio:.3f} (runs: {shown})",
-            ratio >= rep.MIN_MIXED_RATIO,
+            ratios.append(self.bracketed("minimal", raws[-2], e2e, raws[-1]))
+        self.check_median(
+            "mixed corpus: end to end / minimal libvips (median)", ratios, rep.MIN_MIXED_RATIO
         )
 
     def minimal(self, corpus: corpora.Corpus, settings: ImageSettings, count: int) -> Throughput:
